@@ -1,0 +1,127 @@
+"""`rlkeel serve`, `rlkeel db ...`, `rlkeel keys create`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _need_server() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"this command needs the server extra: pip install 'rlkeel[server]' ({exc})")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", help="bind address (RLKEEL_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (RLKEEL_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--migrate", action=argparse.BooleanOptionalAction, default=None,
+                       help="upgrade the schema first (default: yes on SQLite, no on PostgreSQL)")
+    serve.set_defaults(handler=_serve)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="apply migrations")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(handler=_db_upgrade)
+    down = db_sub.add_parser("downgrade", help="revert migrations")
+    down.add_argument("revision")
+    down.set_defaults(handler=_db_downgrade)
+    cur = db_sub.add_parser("current", help="print the current revision")
+    cur.set_defaults(handler=_db_current)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key; prints the token once, alone")
+    create.add_argument("--role", required=True, choices=["viewer", "trainer", "operator", "admin"])
+    create.add_argument("--name", default="cli")
+    create.set_defaults(handler=_keys_create)
+
+
+def _settings() -> Any:
+    _need_server()
+    from rlkeel.server.settings import Settings
+
+    return Settings()
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from rlkeel.server.db.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings, args.revision)
+    print(f"database at {args.revision}", file=sys.stderr)
+    return 0
+
+
+def _db_downgrade(args: argparse.Namespace) -> int:
+    from rlkeel.server.db.migrate import downgrade
+
+    downgrade(_settings(), args.revision)
+    return 0
+
+
+def _db_current(_: argparse.Namespace) -> int:
+    from rlkeel.server.db.engine import make_engine
+    from rlkeel.server.db.schema_check import current_and_head
+
+    current, head = current_and_head(make_engine(_settings()))
+    print(f"current: {current or 'none'} head: {head}")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from rlkeel.server.auth import Role, create_api_key
+    from rlkeel.server.db.engine import make_engine, make_session_factory
+
+    settings = _settings()
+    _ensure_schema(settings, migrate=None)
+    factory = make_session_factory(make_engine(settings))
+    with factory.begin() as session:
+        token = create_api_key(session, role=Role(args.role), name=args.name)
+    print(token)
+    return 0
+
+
+def _ensure_schema(settings: Any, *, migrate: bool | None) -> None:
+    from rlkeel.server.db.engine import make_engine
+    from rlkeel.server.db.migrate import upgrade
+    from rlkeel.server.db.schema_check import current_and_head
+
+    if migrate is None:
+        migrate = settings.is_sqlite
+    if migrate:
+        upgrade(settings)
+        return
+    current, head = current_and_head(make_engine(settings))
+    if current != head:
+        raise SystemExit(
+            f"the database schema is at {current or 'nothing'}, not {head}: run `rlkeel db upgrade`"
+        )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    if args.host:
+        settings.host = args.host
+    if args.port is not None:
+        settings.port = args.port
+    _ensure_schema(settings, migrate=args.migrate)
+    print(f"rlkeel serving on http://{settings.host}:{settings.port} "
+          f"(store: {'SQLite' if settings.is_sqlite else 'PostgreSQL'})", file=sys.stderr)  # fmt: skip
+    if args.workers > 1:
+        uvicorn.run("rlkeel.server.asgi:app", host=settings.host, port=settings.port,
+                    workers=args.workers, log_level=settings.log_level)  # fmt: skip
+    else:
+        from rlkeel.server.app import create_app
+
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level=settings.log_level)  # fmt: skip
+    return 0

@@ -1,0 +1,1 @@
+"""rlkeel: a training-health service with auto-intervention for RL fine-tuning of LMs."""

@@ -1,0 +1,40 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from rlkeel.server.api.body_limit import BodySizeLimit
+from rlkeel.server.api.errors import install_error_handlers
+from rlkeel.server.api.health import router as health_router
+from rlkeel.server.commands.endpoints import router as commands_router
+from rlkeel.server.db.engine import make_engine, make_session_factory
+from rlkeel.server.findings.endpoints import router as findings_router
+from rlkeel.server.runs.endpoints import router as runs_router
+from rlkeel.server.settings import Settings
+from rlkeel.server.steps.endpoints import router as steps_router
+
+API_DESCRIPTION = """\
+rlkeel keeps RL fine-tuning of language models upright: trainers report per-sample and
+per-step statistics, the service answers with verdicts (samples to drop) and commands
+(switch algorithm, scale the learning rate, roll back, stop), operators override.
+Authenticate with `Authorization: Bearer <token>` (`rlkeel keys create --role ROLE`).
+Errors share one envelope: `{"error", "detail", "fields"}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.getLogger("rlkeel").setLevel(settings.log_level.upper())
+    engine = make_engine(settings)
+    app = FastAPI(title="rlkeel", version="1.0.0", description=API_DESCRIPTION)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    install_error_handlers(app)
+    for router in (health_router, runs_router, steps_router, findings_router, commands_router):
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

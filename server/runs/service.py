@@ -1,0 +1,74 @@
+"""Runs: registration, lookup, listing."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rlkeel.client.schemas import ModelInfo, Run, RunCreate
+from rlkeel.server.api.errors import NotFound
+from rlkeel.server.db.models import Run as RunRecord
+
+
+def to_schema(run: RunRecord) -> Run:
+    return Run(
+        id=run.id,
+        name=run.name,
+        project=run.project,
+        algorithm=run.algorithm,
+        current_algorithm=run.current_algorithm,
+        model=ModelInfo(name=run.model_name, parameter_count=run.model_parameter_count,
+                        moe=run.model_moe),
+        config=run.config,
+        world_size=run.world_size,
+        verifiable_rewards=run.verifiable_rewards,
+        automation=run.automation,
+        status=run.status,
+        last_step=run.last_step,
+        created_at=run.created_at,
+        last_report_at=run.last_report_at,
+    )  # fmt: skip
+
+
+def create_run(session: Session, body: RunCreate) -> RunRecord:
+    run = RunRecord(
+        id=str(uuid.uuid4()),
+        name=body.name,
+        project=body.project,
+        algorithm=body.algorithm.value,
+        current_algorithm=body.algorithm.value,
+        model_name=body.model.name,
+        model_parameter_count=body.model.parameter_count,
+        model_moe=body.model.moe,
+        config=body.config,
+        world_size=body.world_size,
+        verifiable_rewards=body.verifiable_rewards,
+        automation="auto",
+        status="running",
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: str, *, for_update: bool = False) -> RunRecord:
+    stmt = select(RunRecord).where(RunRecord.id == run_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    run = session.scalars(stmt).one_or_none()
+    if run is None:
+        raise NotFound(f"no run with id {run_id!r}", fields=["run"])
+    return run
+
+
+def list_runs(
+    session: Session, *, project: str | None, status: str | None, limit: int, offset: int
+) -> list[RunRecord]:
+    stmt = select(RunRecord).order_by(RunRecord.created_at.desc(), RunRecord.id)
+    if project is not None:
+        stmt = stmt.where(RunRecord.project == project)
+    if status is not None:
+        stmt = stmt.where(RunRecord.status == status)
+    return list(session.scalars(stmt.limit(limit).offset(offset)))

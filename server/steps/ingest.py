@@ -1,0 +1,112 @@
+"""Ingest of a StepReport: idempotent on (run, step, phase), one transaction, one verdict.
+
+Order of work, all inside the request's transaction:
+1. lock the run row (FOR UPDATE): reports of one run are analysed one at a time, also across
+   server processes, so detector state and command issuing never race;
+2. a stored report for (run, step, phase) answers with its stored verdict and writes nothing;
+3. otherwise analyse, store findings and commands, deliver due commands, store the step row
+   (ON CONFLICT DO NOTHING as a second guard) and its samples in one round trip.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from rlkeel.client.schemas import DroppedSample, StepReport, Verdict
+from rlkeel.server import analysis
+from rlkeel.server.api.errors import Conflict, ValidationFailed
+from rlkeel.server.commands import service as commands
+from rlkeel.server.db.base import utcnow
+from rlkeel.server.db.models import FindingRecord
+from rlkeel.server.runs.service import get_run
+from rlkeel.server.steps import store
+from rlkeel.server.steps.values import nonfinite_label
+
+
+def _check_samples(report: StepReport, max_samples: int) -> None:
+    if len(report.samples) > max_samples:
+        raise ValidationFailed(
+            f"samples: {len(report.samples)} samples is more than the limit of {max_samples}",
+            fields=["samples"],
+        )
+    seen: set[str] = set()
+    for i, sample in enumerate(report.samples):
+        if sample.sample_id in seen:
+            raise ValidationFailed(
+                f"samples.{i}.sample_id: duplicate sample_id {sample.sample_id!r}",
+                fields=[f"samples.{i}.sample_id"],
+            )
+        seen.add(sample.sample_id)
+
+
+def ingest_report(
+    session: Session, run_id: str, report: StepReport, *, max_samples: int, actor: str
+) -> tuple[Verdict, bool]:
+    """Store the report and answer its verdict; (verdict, created)."""
+    _check_samples(report, max_samples)
+    run = get_run(session, run_id, for_update=True)
+    existing = store.find_step(session, run_id, report.step, report.phase.value)
+    if existing is not None:
+        return Verdict.model_validate(existing.verdict), False
+    if run.status != "running":
+        raise Conflict(f"run {run_id} is {run.status}; it takes no more reports", fields=["run"])
+
+    result = analysis.analyse(session, run, report)
+    finding_ids = _store_findings(session, run_id, report, result.findings)
+    for proposed in result.commands:
+        commands.issue(
+            session, run_id=run_id, kind=proposed.kind, params=proposed.params,
+            reason={"text": proposed.reason_text,
+                    "finding_ids": [finding_ids[i] for i in proposed.finding_indexes]},
+            origin="policy", held=run.automation == "approve", effective_step=None,
+            actor="policy",
+        )  # fmt: skip
+    due = commands.deliver_due(session, run_id, report.step, actor=actor)
+    verdict = Verdict(
+        step=report.step,
+        phase=report.phase,
+        drop=[DroppedSample(sample_id=s, reasons=r) for s, r in result.drop.items()],
+        skip_step=result.skip_step,
+        weights=result.weights,
+        commands=[commands.to_schema(c) for c in due],
+    )
+    step_record_id = store.insert_step(
+        session, run_id=run_id, step=report.step, phase=report.phase.value,
+        algorithm=report.algorithm.value, metrics=report.metrics,
+        sample_count=len(report.samples), verdict=verdict,
+    )  # fmt: skip
+    if step_record_id is None:  # a twin got in first despite the lock (e.g. SQLite)
+        session.rollback()
+        twin = store.find_step(session, run_id, report.step, report.phase.value)
+        assert twin is not None
+        return Verdict.model_validate(twin.verdict), False
+    store.write_samples(
+        session, step_record_id=step_record_id, run_id=run_id, step=report.step,
+        samples=report.samples, flags=result.flags, dropped=set(result.drop),
+    )  # fmt: skip
+    run.last_step = report.step if run.last_step is None else max(run.last_step, report.step)
+    run.last_report_at = utcnow()
+    return verdict, True
+
+
+def _store_findings(
+    session: Session, run_id: str, report: StepReport, found: list[analysis.NewFinding]
+) -> list[int]:
+    records = []
+    for f in found:
+        nonfinite = {
+            name: label
+            for name in ("value", "baseline", "threshold")
+            if (v := getattr(f, name)) is not None and (label := nonfinite_label(v)) is not None
+        }
+        records.append(
+            FindingRecord(
+                run_id=run_id, step=report.step, phase=report.phase.value, detector=f.detector,
+                severity=f.severity, metric=f.metric, value=f.value, baseline=f.baseline,
+                threshold=f.threshold, nonfinite=nonfinite, message=f.message,
+                sample_ids=f.sample_ids, status="open",
+            )  # fmt: skip
+        )
+    session.add_all(records)
+    session.flush()
+    return [r.id for r in records]

@@ -1,0 +1,171 @@
+"""Writing and reading step reports and their samples."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from rlkeel.client.schemas import CANONICAL_STEP_METRICS, SampleRead, SampleStats, StepRead, Verdict
+from rlkeel.server.db.models import SAMPLE_FLOAT_FIELDS, SampleRecord, StepRecord
+from rlkeel.server.steps.values import nonfinite_label, overlay, split_metrics
+
+SAMPLE_COLUMNS = (
+    "step_record_id", "run_id", "step", "sample_id", "group_id", "reward", "advantage", "length",
+    "truncated", "kl", "log_ratio_max", "entropy", "repetition", "extra", "nonfinite", "flags",
+    "dropped",
+)  # fmt: skip
+
+
+def find_step(session: Session, run_id: str, step: int, phase: str) -> StepRecord | None:
+    stmt = select(StepRecord).where(
+        StepRecord.run_id == run_id, StepRecord.step == step, StepRecord.phase == phase
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def insert_step(
+    session: Session,
+    *,
+    run_id: str,
+    step: int,
+    phase: str,
+    algorithm: str,
+    metrics: dict[str, float],
+    sample_count: int,
+    verdict: Verdict,
+) -> int | None:
+    """Insert the step row; None when (run, step, phase) exists already (a concurrent twin)."""
+    columns, extra, nonfinite = split_metrics(metrics)
+    values: dict[str, Any] = {
+        "run_id": run_id, "step": step, "phase": phase, "algorithm": algorithm,
+        "sample_count": sample_count, "extra_metrics": extra, "nonfinite": nonfinite,
+        "verdict": verdict.model_dump(mode="json"), **columns,
+    }  # fmt: skip
+    dialect = session.get_bind().dialect.name
+    make = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        make(StepRecord)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["run_id", "step", "phase"])
+        .returning(StepRecord.id)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def _sample_row(
+    step_record_id: int, run_id: str, step: int, s: SampleStats, flags: list[str], dropped: bool
+) -> tuple[Any, ...]:
+    nonfinite: dict[str, str] = {}
+    floats: dict[str, float | None] = {}
+    for name in SAMPLE_FLOAT_FIELDS:
+        value = getattr(s, name)
+        label = None if value is None else nonfinite_label(value)
+        if label is not None:
+            nonfinite[name] = label
+        floats[name] = value
+    return (
+        step_record_id, run_id, step, s.sample_id, s.group_id, floats["reward"],
+        floats["advantage"], s.length, s.truncated, floats["kl"], floats["log_ratio_max"],
+        floats["entropy"], floats["repetition"], s.extra, nonfinite, flags, dropped,
+    )  # fmt: skip
+
+
+def write_samples(
+    session: Session,
+    *,
+    step_record_id: int,
+    run_id: str,
+    step: int,
+    samples: Sequence[SampleStats],
+    flags: dict[str, list[str]],
+    dropped: set[str],
+) -> None:
+    """All samples of a step in one round trip: COPY on PostgreSQL, one multi-row INSERT else."""
+    if not samples:
+        return
+    rows = [
+        _sample_row(step_record_id, run_id, step, s, flags.get(s.sample_id, []),
+                    s.sample_id in dropped)
+        for s in samples
+    ]  # fmt: skip
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        copy_sql = f"COPY samples ({', '.join(SAMPLE_COLUMNS)}) FROM STDIN"
+        json_at = (SAMPLE_COLUMNS.index("extra"), SAMPLE_COLUMNS.index("nonfinite"),
+                   SAMPLE_COLUMNS.index("flags"))  # fmt: skip
+        with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+            for row in rows:
+                out = list(row)
+                for i in json_at:
+                    out[i] = json.dumps(out[i])
+                copy.write_row(out)
+        return
+    session.execute(insert(SampleRecord), [dict(zip(SAMPLE_COLUMNS, r, strict=True)) for r in rows])
+
+
+def step_to_schema(record: StepRecord) -> StepRead:
+    metrics: dict[str, float | None] = {
+        name: getattr(record, name) for name in CANONICAL_STEP_METRICS
+    }
+    metrics.update(record.extra_metrics or {})
+    overlay(metrics, record.nonfinite or {})
+    clean = {k: v for k, v in metrics.items() if v is not None}
+    return StepRead(
+        run_id=record.run_id,
+        step=record.step,
+        phase=record.phase,
+        algorithm=record.algorithm,
+        metrics=clean,
+        sample_count=record.sample_count,
+        verdict=Verdict.model_validate(record.verdict),
+        created_at=record.created_at,
+    )
+
+
+def list_steps(
+    session: Session, run_id: str, *, after: int | None, limit: int, phase: str | None
+) -> tuple[list[StepRecord], int | None]:
+    """Up to `limit` steps (both phases of each) after step `after`; and the next cursor."""
+    stmt = select(StepRecord).where(StepRecord.run_id == run_id)
+    if after is not None:
+        stmt = stmt.where(StepRecord.step > after)
+    if phase is not None:
+        stmt = stmt.where(StepRecord.phase == phase)
+    rows = list(session.scalars(stmt.order_by(StepRecord.step, StepRecord.phase).limit(2 * limit + 2)))
+    steps_seen: list[int] = []
+    page: list[StepRecord] = []
+    for row in rows:
+        if not steps_seen or steps_seen[-1] != row.step:
+            if len(steps_seen) == limit:
+                return page, steps_seen[-1]
+            steps_seen.append(row.step)
+        page.append(row)
+    return page, None
+
+
+def list_samples(session: Session, run_id: str, step: int) -> list[SampleRead]:
+    stmt = (
+        select(SampleRecord)
+        .where(SampleRecord.run_id == run_id, SampleRecord.step == step)
+        .order_by(SampleRecord.id)
+    )
+    out = []
+    for r in session.scalars(stmt):
+        values: dict[str, float | None] = {n: getattr(r, n) for n in SAMPLE_FLOAT_FIELDS}
+        overlay(values, r.nonfinite or {})
+        out.append(
+            SampleRead(
+                step=r.step, sample_id=r.sample_id, group_id=r.group_id, length=r.length,
+                truncated=r.truncated, extra=r.extra or {}, flags=r.flags or [],
+                dropped=r.dropped, **values,
+            )  # fmt: skip
+        )
+    return out
