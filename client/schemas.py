@@ -15,7 +15,6 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -65,22 +64,6 @@ CANONICAL_STEP_METRICS: tuple[str, ...] = (
     "explained_variance", "lr", "step_time_s", "tokens_per_s", "dropped_frac",
 )  # fmt: skip
 
-_NONFINITE_IN = {
-    "nan": math.nan, "+nan": math.nan, "-nan": math.nan,
-    "inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
-    "-inf": -math.inf, "-infinity": -math.inf,
-}  # fmt: skip
-
-
-def _parse_number(value: Any) -> Any:
-    """Accept the strings "NaN"/"Infinity"/"-Infinity" (any case) as floats."""
-    if isinstance(value, str):
-        key = value.strip().lower()
-        if key in _NONFINITE_IN:
-            return _NONFINITE_IN[key]
-    return value
-
-
 def _dump_number(value: float) -> float | str:
     if math.isnan(value):
         return "NaN"
@@ -89,10 +72,11 @@ def _dump_number(value: float) -> float | str:
     return value
 
 
-# A float that may be NaN or ±inf, encoded as a string on the wire when it is.
+# A float that may be NaN or ±inf, encoded as a string on the wire when it is. pydantic-core
+# itself accepts "NaN"/"Infinity"/"-Infinity" (any case) and the bare JSON tokens, natively:
+# no Python validator runs per value, which matters at thousands of samples per report.
 Metric = Annotated[
     float,
-    BeforeValidator(_parse_number),
     PlainSerializer(_dump_number, when_used="json"),
     WithJsonSchema(
         {

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from rlkeel.client.schemas import StepReport
 from rlkeel.server.db.models import Run
+from sqlalchemy.orm import Session
 
 
 @dataclass

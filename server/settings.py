@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     """Requests with a larger body get 413 before they are parsed."""
     max_samples_per_report: int = Field(default=65_536, ge=1)
     """A StepReport with more samples is refused with 422."""
+    token_cache_ttl_s: float = Field(default=10.0, ge=0.0, le=3600.0)
+    """Verified API keys are remembered this long; a revoked key stops working within it."""
     db_pool_size: int = Field(default=10, ge=1)
     db_statement_timeout_ms: int = Field(default=5_000, ge=100)
     """Each statement is cancelled after this long: the server answers 503, never hangs."""

@@ -488,9 +488,6 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column(
-            "step_record_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
         sa.Column("run_id", sa.String(length=36), nullable=False),
         sa.Column("step", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("sample_id", sa.String(length=200), nullable=False),
@@ -524,39 +521,29 @@ def upgrade() -> None:
         sa.Column(
             "extra",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            nullable=True,
         ),
         sa.Column(
             "nonfinite",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            nullable=True,
         ),
         sa.Column(
             "flags",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            nullable=True,
         ),
         sa.Column("dropped", sa.Boolean(), nullable=False),
         sa.CheckConstraint("length >= 0", name=op.f("ck_samples_length_nonnegative")),
-        sa.ForeignKeyConstraint(
-            ["step_record_id"],
-            ["steps.id"],
-            name=op.f("fk_samples_step_record_id_steps"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_samples")),
     )
     with op.batch_alter_table("samples", schema=None) as batch_op:
         batch_op.create_index("ix_samples_run_id_step", ["run_id", "step"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_samples_step_record_id"), ["step_record_id"], unique=False
-        )
 
 
 def downgrade() -> None:
 
     with op.batch_alter_table("samples", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_samples_step_record_id"))
         batch_op.drop_index("ix_samples_run_id_step")
 
     op.drop_table("samples")

@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("rlkeel.server")
@@ -103,7 +104,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         name = _STATUS_NAMES.get(exc.status_code, "HTTPError")
-        return envelope(exc.status_code, name, str(exc.detail))
+        fields = ["body"] if exc.status_code == 413 else []
+        return envelope(exc.status_code, name, str(exc.detail), fields)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeoutError)

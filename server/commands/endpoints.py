@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-
 from rlkeel.client.schemas import Command, CommandAck, CommandStatus
 from rlkeel.server.api.deps import SessionDep, TrainerOrOperator, TrainerRole
 from rlkeel.server.commands import service

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
-
 from rlkeel.client.schemas import Command, CommandStatus
 from rlkeel.server.api.errors import Conflict, NotFound
 from rlkeel.server.db.base import utcnow
 from rlkeel.server.db.models import CommandEvent, CommandRecord
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 # Allowed transitions (DESIGN §3): pending → delivered → applied|rejected|failed,
 # held → approved|refused, and anything still open → expired.

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
-
 from rlkeel.server.db.migrate import alembic_config
+from sqlalchemy import Engine
 
 
 def current_and_head(engine: Engine) -> tuple[str | None, str | None]:

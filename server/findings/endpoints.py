@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
-
 from rlkeel.client.schemas import Finding, FindingStatus, Severity
 from rlkeel.server.api.deps import AnyRole, SessionDep
 from rlkeel.server.db.models import FindingRecord
 from rlkeel.server.runs.service import get_run
 from rlkeel.server.steps.values import overlay
+from sqlalchemy import select
 
 router = APIRouter(tags=["findings"])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-
 from rlkeel.client.schemas import Run, RunCreate, RunStatus
 from rlkeel.server.api.deps import AnyRole, SessionDep, TrainerRole
 from rlkeel.server.runs import service

@@ -10,8 +10,6 @@ Order of work, all inside the request's transaction:
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
-
 from rlkeel.client.schemas import DroppedSample, StepReport, Verdict
 from rlkeel.server import analysis
 from rlkeel.server.api.errors import Conflict, ValidationFailed
@@ -21,6 +19,7 @@ from rlkeel.server.db.models import FindingRecord
 from rlkeel.server.runs.service import get_run
 from rlkeel.server.steps import store
 from rlkeel.server.steps.values import nonfinite_label
+from sqlalchemy.orm import Session
 
 
 def _check_samples(report: StepReport, max_samples: int) -> None:
@@ -81,7 +80,7 @@ def ingest_report(
         assert twin is not None
         return Verdict.model_validate(twin.verdict), False
     store.write_samples(
-        session, step_record_id=step_record_id, run_id=run_id, step=report.step,
+        session, run_id=run_id, step=report.step,
         samples=report.samples, flags=result.flags, dropped=set(result.drop),
     )  # fmt: skip
     run.last_step = report.step if run.last_step is None else max(run.last_step, report.step)
@@ -101,10 +100,19 @@ def _store_findings(
         }
         records.append(
             FindingRecord(
-                run_id=run_id, step=report.step, phase=report.phase.value, detector=f.detector,
-                severity=f.severity, metric=f.metric, value=f.value, baseline=f.baseline,
-                threshold=f.threshold, nonfinite=nonfinite, message=f.message,
-                sample_ids=f.sample_ids, status="open",
+                run_id=run_id,
+                step=report.step,
+                phase=report.phase.value,
+                detector=f.detector,
+                severity=f.severity,
+                metric=f.metric,
+                value=f.value,
+                baseline=f.baseline,
+                threshold=f.threshold,
+                nonfinite=nonfinite,
+                message=f.message,
+                sample_ids=f.sample_ids,
+                status="open",
             )  # fmt: skip
         )
     session.add_all(records)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from rlkeel.client.schemas import CANONICAL_STEP_METRICS, SampleRead, SampleStats, StepRead, Verdict
+from rlkeel.server.db.models import SAMPLE_FLOAT_FIELDS, SampleRecord, StepRecord
+from rlkeel.server.steps.values import nonfinite_label, overlay, split_metrics
 from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from rlkeel.client.schemas import CANONICAL_STEP_METRICS, SampleRead, SampleStats, StepRead, Verdict
-from rlkeel.server.db.models import SAMPLE_FLOAT_FIELDS, SampleRecord, StepRecord
-from rlkeel.server.steps.values import nonfinite_label, overlay, split_metrics
-
 SAMPLE_COLUMNS = (
-    "step_record_id", "run_id", "step", "sample_id", "group_id", "reward", "advantage", "length",
+    "run_id", "step", "sample_id", "group_id", "reward", "advantage", "length",
     "truncated", "kl", "log_ratio_max", "entropy", "repetition", "extra", "nonfinite", "flags",
     "dropped",
+)  # fmt: skip
+SAMPLE_COPY_TYPES = (
+    "varchar", "int8", "varchar", "varchar", "float8", "float8", "int4", "bool", "float8",
+    "float8", "float8", "float8", "jsonb", "jsonb", "jsonb", "bool",
 )  # fmt: skip
 
 
@@ -58,28 +60,36 @@ def insert_step(
     return session.execute(stmt).scalar_one_or_none()
 
 
-def _sample_row(
-    step_record_id: int, run_id: str, step: int, s: SampleStats, flags: list[str], dropped: bool
-) -> tuple[Any, ...]:
-    nonfinite: dict[str, str] = {}
-    floats: dict[str, float | None] = {}
-    for name in SAMPLE_FLOAT_FIELDS:
-        value = getattr(s, name)
-        label = None if value is None else nonfinite_label(value)
-        if label is not None:
-            nonfinite[name] = label
-        floats[name] = value
-    return (
-        step_record_id, run_id, step, s.sample_id, s.group_id, floats["reward"],
-        floats["advantage"], s.length, s.truncated, floats["kl"], floats["log_ratio_max"],
-        floats["entropy"], floats["repetition"], s.extra, nonfinite, flags, dropped,
-    )  # fmt: skip
+def _sample_rows(
+    run_id: str,
+    step: int,
+    samples: Sequence[SampleStats],
+    flags: dict[str, list[str]],
+    dropped: set[str],
+) -> list[tuple[Any, ...]]:
+    """Rows in SAMPLE_COLUMNS order. This is the hot path of ingest: keep it flat."""
+    rows = []
+    for s in samples:
+        floats = (s.reward, s.advantage, s.kl, s.log_ratio_max, s.entropy, s.repetition)
+        nonfinite = None
+        for name, value in zip(SAMPLE_FLOAT_FIELDS, floats, strict=True):
+            # x - x is 0.0 for every finite x and NaN for NaN and ±inf.
+            if value is not None and value - value != 0.0:
+                nonfinite = nonfinite or {}
+                nonfinite[name] = nonfinite_label(value) or "NaN"
+        sample_flags = flags.get(s.sample_id)
+        rows.append((
+            run_id, step, s.sample_id, s.group_id, floats[0], floats[1],
+            s.length, s.truncated, floats[2], floats[3], floats[4], floats[5],
+            s.extra or None, nonfinite, sample_flags or None,
+            s.sample_id in dropped,
+        ))  # fmt: skip
+    return rows
 
 
 def write_samples(
     session: Session,
     *,
-    step_record_id: int,
     run_id: str,
     step: int,
     samples: Sequence[SampleStats],
@@ -89,25 +99,19 @@ def write_samples(
     """All samples of a step in one round trip: COPY on PostgreSQL, one multi-row INSERT else."""
     if not samples:
         return
-    rows = [
-        _sample_row(step_record_id, run_id, step, s, flags.get(s.sample_id, []),
-                    s.sample_id in dropped)
-        for s in samples
-    ]  # fmt: skip
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         raw = connection.connection.driver_connection
         assert raw is not None
-        copy_sql = f"COPY samples ({', '.join(SAMPLE_COLUMNS)}) FROM STDIN"
-        json_at = (SAMPLE_COLUMNS.index("extra"), SAMPLE_COLUMNS.index("nonfinite"),
-                   SAMPLE_COLUMNS.index("flags"))  # fmt: skip
+        # Binary COPY with declared types: psycopg's jsonb dumper encodes the dicts.
+        rows = _sample_rows(run_id, step, samples, flags, dropped)
+        copy_sql = f"COPY samples ({', '.join(SAMPLE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
         with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+            copy.set_types(SAMPLE_COPY_TYPES)
             for row in rows:
-                out = list(row)
-                for i in json_at:
-                    out[i] = json.dumps(out[i])
-                copy.write_row(out)
+                copy.write_row(row)
         return
+    rows = _sample_rows(run_id, step, samples, flags, dropped)
     session.execute(insert(SampleRecord), [dict(zip(SAMPLE_COLUMNS, r, strict=True)) for r in rows])
 
 
@@ -139,7 +143,9 @@ def list_steps(
         stmt = stmt.where(StepRecord.step > after)
     if phase is not None:
         stmt = stmt.where(StepRecord.phase == phase)
-    rows = list(session.scalars(stmt.order_by(StepRecord.step, StepRecord.phase).limit(2 * limit + 2)))
+    rows = list(
+        session.scalars(stmt.order_by(StepRecord.step, StepRecord.phase).limit(2 * limit + 2))
+    )
     steps_seen: list[int] = []
     page: list[StepRecord] = []
     for row in rows:
@@ -163,9 +169,15 @@ def list_samples(session: Session, run_id: str, step: int) -> list[SampleRead]:
         overlay(values, r.nonfinite or {})
         out.append(
             SampleRead(
-                step=r.step, sample_id=r.sample_id, group_id=r.group_id, length=r.length,
-                truncated=r.truncated, extra=r.extra or {}, flags=r.flags or [],
-                dropped=r.dropped, **values,
+                step=r.step,
+                sample_id=r.sample_id,
+                group_id=r.group_id,
+                length=r.length,
+                truncated=r.truncated,
+                extra=r.extra or {},
+                flags=r.flags or [],
+                dropped=r.dropped,
+                **values,
             )  # fmt: skip
         )
     return out

@@ -47,7 +47,9 @@ def split_metrics(
     return columns, extra, nonfinite
 
 
-def overlay(values: dict[str, float | None], nonfinite: Mapping[str, str]) -> dict[str, float | None]:
+def overlay(
+    values: dict[str, float | None], nonfinite: Mapping[str, str]
+) -> dict[str, float | None]:
     for name, label in nonfinite.items():
         values[name] = from_label(label)
     return values
