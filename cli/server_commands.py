@@ -12,7 +12,9 @@ def _need_server() -> None:
         import fastapi  # noqa: F401
         import sqlalchemy  # noqa: F401
     except ImportError as exc:
-        raise SystemExit(f"this command needs the server extra: pip install 'rlkeel[server]' ({exc})")
+        raise SystemExit(
+            f"this command needs the server extra: pip install 'rlkeel[server]' ({exc})"
+        ) from exc
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

@@ -25,10 +25,13 @@ __all__ = [
     "CANONICAL_STEP_METRICS",
     "AckStatus",
     "Algorithm",
+    "AuditRead",
+    "AutomationUpdate",
     "AutomationMode",
     "Command",
     "CommandAck",
     "CommandCreate",
+    "CommandDecision",
     "CommandKind",
     "CommandOrigin",
     "CommandStatus",
@@ -439,6 +442,38 @@ class CommandAck(_Schema):
     """Step at which the trainer acted."""
     detail: str | None = Field(default=None, max_length=4000)
     """What happened, in words."""
+
+
+class CommandDecision(_Schema):
+    note: str | None = Field(default=None, max_length=2000)
+    """Why the operator approved or refused it (kept in the audit log)."""
+
+
+# --------------------------------------------------------------------------- operators
+
+
+class AutomationUpdate(_Schema):
+    mode: AutomationMode
+    """`auto`: commands go out; `approve`: held for an operator; `observe`: findings only."""
+
+
+class AuditRead(_ReadSchema):
+    id: int
+    """Entry id."""
+    at: datetime
+    """When it happened."""
+    actor: str
+    """Who: `role:key-name#key-id`."""
+    action: str
+    """What, e.g. `command.issue`, `run.automation`, `policy.replace`, `finding.ack`."""
+    target_type: str
+    """Kind of object acted on: run, command, finding, webhook."""
+    target_id: str
+    """Its id."""
+    before: dict[str, Any] | None
+    """State before the action."""
+    after: dict[str, Any] | None
+    """State after the action."""
 
 
 # --------------------------------------------------------------------------- shared

@@ -11,8 +11,9 @@ from rlkeel.client.schemas import StepReport
 from rlkeel.server.api.body_limit import BodySizeLimit
 from rlkeel.server.api.deps import TokenCache
 from rlkeel.server.api.errors import install_error_handlers
-from rlkeel.server.api.openapi import install_openapi
 from rlkeel.server.api.health import router as health_router
+from rlkeel.server.api.openapi import install_openapi
+from rlkeel.server.audit.endpoints import router as audit_router
 from rlkeel.server.commands.endpoints import router as commands_router
 from rlkeel.server.db.engine import make_engine, make_session_factory
 from rlkeel.server.findings.endpoints import router as findings_router
@@ -49,7 +50,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.token_cache = TokenCache(ttl_s=settings.token_cache_ttl_s)
     install_error_handlers(app)
     install_openapi(app, [StepReport])
-    for router in (health_router, runs_router, steps_router, findings_router, commands_router):
+    for router in (
+        health_router,
+        runs_router,
+        steps_router,
+        findings_router,
+        commands_router,
+        audit_router,
+    ):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+
 from rlkeel.server.api.errors import ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)

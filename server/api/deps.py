@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
 from rlkeel.server.api.errors import Forbidden, Unauthorized
 from rlkeel.server.auth import Role, hash_token, verify_token
 from rlkeel.server.settings import Settings
-from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 
 def get_settings(request: Request) -> Settings:

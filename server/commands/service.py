@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
 from rlkeel.client.schemas import Command, CommandStatus
 from rlkeel.server.api.errors import Conflict, NotFound
 from rlkeel.server.db.base import utcnow
 from rlkeel.server.db.models import CommandEvent, CommandRecord
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
 
 # Allowed transitions (DESIGN §3): pending → delivered → applied|rejected|failed,
 # held → approved|refused, and anything still open → expired.
@@ -94,7 +95,12 @@ def get(session: Session, command_id: int, *, for_update: bool = False) -> Comma
 
 
 def acknowledge(
-    session: Session, command: CommandRecord, *, status: str, step: int, detail: str | None,
+    session: Session,
+    command: CommandRecord,
+    *,
+    status: str,
+    step: int,
+    detail: str | None,
     actor: str,
 ) -> bool:
     """Record the trainer's ack. A repeat of the same ack is a no-op (returns False)."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlkeel.server.settings import Settings
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from rlkeel.server.settings import Settings
 
 
 def make_engine(settings: Settings) -> Engine:

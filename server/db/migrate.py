@@ -6,6 +6,7 @@ from importlib import resources
 
 from alembic import command
 from alembic.config import Config
+
 from rlkeel.server.settings import Settings
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from rlkeel.client.schemas import CANONICAL_STEP_METRICS
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
@@ -23,6 +22,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from rlkeel.client.schemas import CANONICAL_STEP_METRICS
 
 from .base import Base, BigId, Float64, JSONType, UTCDateTime, utcnow
 

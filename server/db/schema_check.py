@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from rlkeel.server.db.migrate import alembic_config
 from sqlalchemy import Engine
+
+from rlkeel.server.db.migrate import alembic_config
 
 
 def current_and_head(engine: Engine) -> tuple[str | None, str | None]:

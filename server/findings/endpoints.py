@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from rlkeel.client.schemas import Finding, FindingStatus, Severity
-from rlkeel.server.api.deps import AnyRole, SessionDep
+from sqlalchemy import select
+
+from rlkeel.client.schemas import Finding, FindingAck, FindingStatus, Severity
+from rlkeel.server.api.deps import AnyRole, OperatorRole, SessionDep
+from rlkeel.server.api.errors import NotFound
+from rlkeel.server.audit.service import record
+from rlkeel.server.db.base import utcnow
 from rlkeel.server.db.models import FindingRecord
 from rlkeel.server.runs.service import get_run
 from rlkeel.server.steps.values import overlay
-from sqlalchemy import select
 
 router = APIRouter(tags=["findings"])
 
@@ -45,3 +50,28 @@ def list_findings(
     if after is not None:
         stmt = stmt.where(FindingRecord.id > after)
     return [to_schema(f) for f in session.scalars(stmt.order_by(FindingRecord.id).limit(limit))]
+
+
+@router.post("/v1/findings/{id}/ack", response_model=Finding)
+def ack_finding(
+    id: int, session: SessionDep, principal: OperatorRole, body: FindingAck | None = None
+) -> Finding:
+    """Acknowledge a finding; with `snooze_seconds`, silence its detector for the run that long."""
+    finding = session.scalars(
+        select(FindingRecord).where(FindingRecord.id == id).with_for_update()
+    ).one_or_none()
+    if finding is None:
+        raise NotFound(f"no finding with id {id}", fields=["id"])
+    before = to_schema(finding).model_dump(mode="json")
+    if body is not None and body.snooze_seconds:
+        finding.status = "snoozed"
+        finding.snoozed_until = utcnow() + timedelta(seconds=body.snooze_seconds)
+    else:
+        finding.status = "acknowledged"
+    session.flush()
+    after = to_schema(finding).model_dump(mode="json")
+    if body is not None and body.note:
+        after["note"] = body.note
+    record(session, principal, action="finding.ack", target_type="finding", target_id=id,
+           before=before, after=after)  # fmt: skip
+    return to_schema(finding)

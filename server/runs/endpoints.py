@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from rlkeel.client.schemas import Run, RunCreate, RunStatus
-from rlkeel.server.api.deps import AnyRole, SessionDep, TrainerRole
+from fastapi import APIRouter, Body, Query
+
+from rlkeel.client.schemas import AutomationUpdate, Run, RunCreate, RunStatus
+from rlkeel.server.api.deps import AnyRole, OperatorRole, SessionDep, TrainerRole
+from rlkeel.server.audit.service import record
 from rlkeel.server.runs import service
+from rlkeel.server.runs.policy import effective_policy, validate_policy
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -39,3 +42,40 @@ def list_runs(
 def get_run(run: str, session: SessionDep, _: AnyRole) -> Run:
     """One run, with its current algorithm, automation mode and status."""
     return service.to_schema(service.get_run(session, run))
+
+
+@router.put("/{run}/automation", response_model=Run)
+def set_automation(
+    run: str, body: AutomationUpdate, session: SessionDep, principal: OperatorRole
+) -> Run:
+    """Set the automation mode: `auto`, `approve` (commands held for an operator) or `observe`."""
+    record_ = service.get_run(session, run, for_update=True)
+    before = {"automation": record_.automation}
+    record_.automation = body.mode.value
+    record(session, principal, action="run.automation", target_type="run", target_id=run,
+           before=before, after={"automation": record_.automation})  # fmt: skip
+    session.flush()
+    return service.to_schema(record_)
+
+
+@router.get("/{run}/policy", response_model=dict[str, Any])
+def get_policy(run: str, session: SessionDep, _: AnyRole) -> dict[str, Any]:
+    """The run's policy in full: detector thresholds, enabled detectors, bounds on actions."""
+    return effective_policy(service.get_run(session, run)).model_dump(mode="json")
+
+
+@router.put("/{run}/policy", response_model=dict[str, Any])
+def put_policy(
+    run: str,
+    session: SessionDep,
+    principal: OperatorRole,
+    body: Annotated[dict[str, Any], Body(description="A policy; missing fields take defaults")],
+) -> dict[str, Any]:
+    """Replace the run's policy (validated; missing fields take their defaults)."""
+    record_ = service.get_run(session, run, for_update=True)
+    policy = validate_policy(body).model_dump(mode="json")
+    before = effective_policy(record_).model_dump(mode="json")
+    record_.policy = policy
+    record(session, principal, action="policy.replace", target_type="run", target_id=run,
+           before=before, after=policy)  # fmt: skip
+    return policy

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from rlkeel.client.schemas import ModelInfo, Run, RunCreate
 from rlkeel.server.api.errors import NotFound
 from rlkeel.server.db.models import Run as RunRecord
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 
 def to_schema(run: RunRecord) -> Run:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
 from rlkeel.client.schemas import Page, Phase, SampleRead, StepRead, StepReport, Verdict
 from rlkeel.server.api.body import parse_json_body
 from rlkeel.server.api.deps import AnyRole, SessionDep, TrainerRole
 from rlkeel.server.runs.service import get_run
 from rlkeel.server.steps import store
 from rlkeel.server.steps.ingest import ingest_report
-from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(prefix="/v1/runs/{run}", tags=["steps"])
 

@@ -10,6 +10,8 @@ Order of work, all inside the request's transaction:
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from rlkeel.client.schemas import DroppedSample, StepReport, Verdict
 from rlkeel.server import analysis
 from rlkeel.server.api.errors import Conflict, ValidationFailed
@@ -19,7 +21,6 @@ from rlkeel.server.db.models import FindingRecord
 from rlkeel.server.runs.service import get_run
 from rlkeel.server.steps import store
 from rlkeel.server.steps.values import nonfinite_label
-from sqlalchemy.orm import Session
 
 
 def _check_samples(report: StepReport, max_samples: int) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rlkeel.client.schemas import CANONICAL_STEP_METRICS, SampleRead, SampleStats, StepRead, Verdict
-from rlkeel.server.db.models import SAMPLE_FLOAT_FIELDS, SampleRecord, StepRecord
-from rlkeel.server.steps.values import nonfinite_label, overlay, split_metrics
 from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+
+from rlkeel.client.schemas import CANONICAL_STEP_METRICS, SampleRead, SampleStats, StepRead, Verdict
+from rlkeel.server.db.models import SAMPLE_FLOAT_FIELDS, SampleRecord, StepRecord
+from rlkeel.server.steps.values import nonfinite_label, overlay, split_metrics
 
 SAMPLE_COLUMNS = (
     "run_id", "step", "sample_id", "group_id", "reward", "advantage", "length",

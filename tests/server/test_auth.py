@@ -10,9 +10,10 @@ import sys
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from sqlalchemy import select
+
 from rlkeel.server.auth import Role, hash_token
 from rlkeel.server.db.models import ApiKey
-from sqlalchemy import select
 
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
           "/metrics"}  # fmt: skip

@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event, func, select
+
 from rlkeel.server.app import create_app
 from rlkeel.server.auth import Role, create_api_key
 from rlkeel.server.db.migrate import upgrade
 from rlkeel.server.db.models import SampleRecord, StepRecord
 from rlkeel.server.settings import Settings
-from sqlalchemy import event, func, select
-
 from tests.server.helpers import RUN, rollout, sample, update
 
 

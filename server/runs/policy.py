@@ -1,0 +1,36 @@
+"""A run's policy: stored in full after validation; a run without one uses the defaults."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from rlkeel.server.api.errors import ValidationFailed
+from rlkeel.server.db.models import Run
+from rlkeel.server.policy import PolicyConfig
+
+
+def effective_policy(run: Run) -> PolicyConfig:
+    return PolicyConfig.model_validate(run.policy or {})
+
+
+def validate_policy(body: Any) -> PolicyConfig:
+    """The policy a PUT asks for, or a 422 naming the offending field."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("body: the policy must be a JSON object", fields=["body"])
+    try:
+        return PolicyConfig.model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        fields = []
+        for e in errors:
+            path = ".".join(str(p) for p in e["loc"])
+            if not path:  # a cross-field check: its message starts with the field it is about
+                match = re.match(r"(?:Value error, )?([\w.]+):", e["msg"])
+                path = match.group(1) if match else "body"
+            fields.append(path)
+        msg = errors[0]["msg"].removeprefix("Value error, ")
+        detail = msg if msg.startswith(fields[0]) else f"{fields[0]}: {msg}"
+        raise ValidationFailed(detail, fields=fields) from None
