@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import psycopg
+
+from rlkeel.server.process import ServerProcess as _ServerProcess
 
 PG_ADMIN_URL = os.environ.get("RLKEEL_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -56,44 +54,13 @@ class BenchDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """`rlkeel serve` in its own process, on loopback."""
+class ServerProcess(_ServerProcess):
+    """`rlkeel serve` in its own process, started at construction (bench convenience)."""
 
     def __init__(self, database_url: str, *, workers: int = 1, port: int | None = None,
                  extra_env: dict[str, str] | None = None) -> None:  # fmt: skip
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, RLKEEL_DATABASE_URL=database_url, RLKEEL_LOG_LEVEL="warning",
-                   **(extra_env or {}))  # fmt: skip
-        self.log = Path(f"/tmp/rlkeel-bench-server-{self.port}.log")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rlkeel.cli.main", "serve", "--port", str(self.port),
-             "--workers", str(workers), "--migrate"],
-            env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__(database_url, workers=workers, port=port, extra_env=extra_env)
+        self.start()
 
 
 def create_token(database_url: str, role: str = "trainer") -> str:

@@ -1,18 +1,34 @@
-"""The seam between ingest and the detectors/policy (issue 4 fills it in).
+"""The seam between ingest and the detectors/policy (DESIGN §4).
 
-`analyse` gets the locked run and a validated report and returns what the verdict must say
-and what to store. Until the detectors land it flags nothing: the flow is real, the answer
-is empty.
+`analyse` runs inside the ingest transaction, with the run row locked: it loads the run's
+bounded detector and policy state, evaluates the report, lets the policy decide, applies the
+automation mode, and writes the state back. The same function drives live ingest and
+`rlkeel backtest`, so a replay gives what the live run gave.
+
+State is cached in-process by (run, version): the row's version is read under the run lock,
+so two server processes never act on stale state; a mismatch reloads from the database.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlkeel.client.schemas import StepReport
-from rlkeel.server.db.models import Run
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from rlkeel.client.schemas import Algorithm, Phase, StepReport
+from rlkeel.server.db.base import utcnow
+from rlkeel.server.db.models import DetectorState, FindingRecord, Run
+from rlkeel.server.detectors import (
+    RunDetectorState,
+    evaluate_rollout,
+    evaluate_update,
+)
+from rlkeel.server.policy import PolicyConfig, PolicyState, RunInfo, decide
+from rlkeel.server.runs.policy import effective_policy
 
 
 @dataclass
@@ -47,5 +63,132 @@ class Analysis:
     commands: list[NewCommand] = field(default_factory=list)
 
 
-def analyse(session: Session, run: Run, report: StepReport) -> Analysis:
-    return Analysis()
+@dataclass
+class RunAnalysisState:
+    detectors: RunDetectorState
+    policy: PolicyState
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"detectors": self.detectors.to_dict(), "policy": self.policy.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunAnalysisState:
+        return cls(RunDetectorState.from_dict(d["detectors"]), PolicyState.from_dict(d["policy"]))
+
+    @classmethod
+    def new(cls) -> RunAnalysisState:
+        # One fixed seed: the same reports give the same forests, live, after a restart and in
+        # a replay (`rlkeel backtest`), whatever the run's id.
+        return cls(RunDetectorState(seed=0), PolicyState())
+
+
+class StateCache:
+    """Recently used runs' states, valid only while their stored version matches."""
+
+    def __init__(self, max_runs: int = 512) -> None:
+        self.max_runs = max_runs
+        self._items: OrderedDict[str, tuple[int, RunAnalysisState]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str, version: int) -> RunAnalysisState | None:
+        with self._lock:
+            item = self._items.get(run_id)
+            if item is None or item[0] != version:
+                return None
+            self._items.move_to_end(run_id)
+            return item[1]
+
+    def put(self, run_id: str, version: int, state: RunAnalysisState) -> None:
+        with self._lock:
+            self._items[run_id] = (version, state)
+            self._items.move_to_end(run_id)
+            while len(self._items) > self.max_runs:
+                self._items.popitem(last=False)
+
+    def drop(self, run_id: str) -> None:
+        with self._lock:
+            self._items.pop(run_id, None)
+
+
+def load_state(
+    session: Session, run_id: str, cache: StateCache | None
+) -> tuple[RunAnalysisState, DetectorState | None]:
+    row = session.get(DetectorState, run_id)
+    if row is None:
+        return RunAnalysisState.new(), None
+    cached = cache.get(run_id, row.version) if cache is not None else None
+    if cached is not None:
+        return cached, row
+    return RunAnalysisState.from_dict(row.state), row
+
+
+def save_state(
+    session: Session, run_id: str, state: RunAnalysisState, row: DetectorState | None,
+    cache: StateCache | None,
+) -> None:  # fmt: skip
+    data = state.to_dict()
+    if row is None:
+        row = DetectorState(run_id=run_id, state=data, version=1)
+        session.add(row)
+    else:
+        row.state = data
+        row.version += 1
+        row.updated_at = utcnow()
+    if cache is not None:
+        # Cached now, valid once this transaction commits; on rollback the version in the
+        # database stays behind and the next load misses the cache and reloads.
+        cache.put(run_id, row.version, state)
+
+
+def snoozed_detectors(session: Session, run_id: str) -> set[str]:
+    stmt = select(FindingRecord.detector).where(
+        FindingRecord.run_id == run_id,
+        FindingRecord.status == "snoozed",
+        FindingRecord.snoozed_until > utcnow(),
+    )
+    return set(session.scalars(stmt))
+
+
+def evaluate(
+    state: RunAnalysisState, run: Run, report: StepReport, policy: PolicyConfig,
+    *, muted: set[str] = frozenset(),  # type: ignore[assignment]
+) -> Analysis:  # fmt: skip
+    """Pure: the report through the detectors and the policy, and the automation mode."""
+    if report.phase is Phase.rollout:
+        evaluation = evaluate_rollout(state.detectors, report, policy)
+        found, flags = evaluation.findings, evaluation.sample_flags
+    else:
+        found, flags = evaluate_update(state.detectors, report, policy), {}
+    if muted:
+        found = [f for f in found if f.detector not in muted]
+        flags = {
+            sid: kept for sid, rs in flags.items() if (kept := [r for r in rs if r not in muted])
+        }
+    info = RunInfo(algorithm=Algorithm(report.algorithm), moe=run.model_moe,
+                   verifiable_rewards=run.verifiable_rewards)  # fmt: skip
+    decision = decide(state.policy, info, report.step, report.phase, found, flags, policy,
+                      batch_size=len(report.samples))  # fmt: skip
+    result = Analysis(
+        flags={sid: list(rs) for sid, rs in flags.items()},
+        findings=[NewFinding(detector=f.detector, severity=f.severity.value, metric=f.metric,
+                             value=f.value, baseline=f.baseline, threshold=f.threshold,
+                             message=f.message, sample_ids=list(f.sample_ids)) for f in found],
+    )  # fmt: skip
+    if run.automation == "observe":
+        return result  # findings only: nothing dropped, skipped or commanded
+    result.drop = {sid: list(reasons) for sid, reasons in decision.drop}
+    result.skip_step = decision.skip_step
+    result.commands = [NewCommand(kind=c.kind.value, params=dict(c.params), reason_text=c.reason_text,
+                                  finding_indexes=list(c.finding_indexes))
+                       for c in decision.commands]  # fmt: skip
+    return result
+
+
+def analyse(
+    session: Session, run: Run, report: StepReport, *, cache: StateCache | None = None
+) -> Analysis:
+    state, row = load_state(session, run.id, cache)
+    result = evaluate(state, run, report, effective_policy(run),
+                      muted=snoozed_detectors(session, run.id))  # fmt: skip
+    save_state(session, run.id, state, row, cache)
+    return result

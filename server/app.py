@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI
 
 from rlkeel.client.schemas import StepReport
+from rlkeel.server.analysis import StateCache
 from rlkeel.server.api.body_limit import BodySizeLimit
 from rlkeel.server.api.deps import TokenCache
 from rlkeel.server.api.errors import install_error_handlers
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     app.state.token_cache = TokenCache(ttl_s=settings.token_cache_ttl_s)
+    app.state.analysis_cache = StateCache()
     install_error_handlers(app)
     install_openapi(app, [StepReport])
     for router in (

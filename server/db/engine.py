@@ -21,6 +21,7 @@ def make_engine(settings: Settings) -> Engine:
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.db_connect_timeout_s,
@@ -38,6 +39,8 @@ def make_engine(settings: Settings) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not pysqlite, open transactions (see _sqlite_begin_immediate).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -47,3 +50,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    """SQLite has no row locks: take the write lock at BEGIN, so transactions that read then
+    write (ingest) are serialised instead of failing on upgrade from a stale snapshot."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

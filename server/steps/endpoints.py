@@ -55,7 +55,8 @@ def _ingest_in_session(app: Any, run: str, report: StepReport, actor: str) -> tu
     with app.state.session_factory() as session:
         try:
             result = ingest_report(
-                session, run, report, max_samples=settings.max_samples_per_report, actor=actor
+                session, run, report, max_samples=settings.max_samples_per_report, actor=actor,
+                state_cache=app.state.analysis_cache,
             )
             session.commit()
         except BaseException:

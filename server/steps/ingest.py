@@ -40,7 +40,13 @@ def _check_samples(report: StepReport, max_samples: int) -> None:
 
 
 def ingest_report(
-    session: Session, run_id: str, report: StepReport, *, max_samples: int, actor: str
+    session: Session,
+    run_id: str,
+    report: StepReport,
+    *,
+    max_samples: int,
+    actor: str,
+    state_cache: analysis.StateCache | None = None,
 ) -> tuple[Verdict, bool]:
     """Store the report and answer its verdict; (verdict, created)."""
     _check_samples(report, max_samples)
@@ -51,7 +57,7 @@ def ingest_report(
     if run.status != "running":
         raise Conflict(f"run {run_id} is {run.status}; it takes no more reports", fields=["run"])
 
-    result = analysis.analyse(session, run, report)
+    result = analysis.analyse(session, run, report, cache=state_cache)
     finding_ids = _store_findings(session, run_id, report, result.findings)
     for proposed in result.commands:
         commands.issue(
