@@ -27,6 +27,7 @@ from rlkeel.server.detectors import (
     evaluate_rollout,
     evaluate_update,
 )
+from rlkeel.server.forest_refits import PendingFit, activate_if_due, snapshot_if_due
 from rlkeel.server.policy import PolicyConfig, PolicyState, RunInfo, decide
 from rlkeel.server.runs.policy import effective_policy
 
@@ -61,19 +62,29 @@ class Analysis:
     weights: dict[str, float] | None = None
     findings: list[NewFinding] = field(default_factory=list)
     commands: list[NewCommand] = field(default_factory=list)
+    refit: PendingFit | None = None
+    """A forest fit for the background worker, once this transaction commits."""
 
 
 @dataclass
 class RunAnalysisState:
     detectors: RunDetectorState
     policy: PolicyState
+    rollouts: int = 0
+    """Rollout reports evaluated: the clock of forest refits."""
+    pending_fit: PendingFit | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"detectors": self.detectors.to_dict(), "policy": self.policy.to_dict()}
+        return {"detectors": self.detectors.to_dict(), "policy": self.policy.to_dict(),
+                "rollouts": self.rollouts,
+                "pending_fit": self.pending_fit.to_dict() if self.pending_fit else None}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunAnalysisState:
-        return cls(RunDetectorState.from_dict(d["detectors"]), PolicyState.from_dict(d["policy"]))
+        pending = d.get("pending_fit")
+        return cls(RunDetectorState.from_dict(d["detectors"]), PolicyState.from_dict(d["policy"]),
+                   rollouts=int(d.get("rollouts", 0)),
+                   pending_fit=PendingFit.from_dict(pending) if pending else None)  # fmt: skip
 
     @classmethod
     def new(cls) -> RunAnalysisState:
@@ -154,9 +165,16 @@ def evaluate(
     *, muted: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> Analysis:  # fmt: skip
     """Pure: the report through the detectors and the policy, and the automation mode."""
+    refit: PendingFit | None = None
     if report.phase is Phase.rollout:
+        state.pending_fit = activate_if_due(state.detectors, state.pending_fit, state.rollouts)
         evaluation = evaluate_rollout(state.detectors, report, policy)
         found, flags = evaluation.findings, evaluation.sample_flags
+        state.rollouts += 1
+        before = state.pending_fit
+        state.pending_fit = snapshot_if_due(state.detectors, before, state.rollouts, policy)
+        if state.pending_fit is not before:
+            refit = state.pending_fit
     else:
         found, flags = evaluate_update(state.detectors, report, policy), {}
     if muted:
@@ -173,6 +191,7 @@ def evaluate(
         findings=[NewFinding(detector=f.detector, severity=f.severity.value, metric=f.metric,
                              value=f.value, baseline=f.baseline, threshold=f.threshold,
                              message=f.message, sample_ids=list(f.sample_ids)) for f in found],
+        refit=refit,
     )  # fmt: skip
     if run.automation == "observe":
         return result  # findings only: nothing dropped, skipped or commanded

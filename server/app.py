@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 import logging
 
 from fastapi import FastAPI
@@ -18,6 +20,7 @@ from rlkeel.server.audit.endpoints import router as audit_router
 from rlkeel.server.commands.endpoints import router as commands_router
 from rlkeel.server.db.engine import make_engine, make_session_factory
 from rlkeel.server.findings.endpoints import router as findings_router
+from rlkeel.server.forest_refits import Refitter
 from rlkeel.server.runs.endpoints import router as runs_router
 from rlkeel.server.settings import Settings
 from rlkeel.server.steps.endpoints import router as steps_router
@@ -44,12 +47,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _tune_gc()
     logging.getLogger("rlkeel").setLevel(settings.log_level.upper())
     engine = make_engine(settings)
-    app = FastAPI(title="rlkeel", version="1.0.0", description=API_DESCRIPTION)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.refitter.shutdown()
+        engine.dispose()
+
+    app = FastAPI(title="rlkeel", version="1.0.0", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     app.state.token_cache = TokenCache(ttl_s=settings.token_cache_ttl_s)
     app.state.analysis_cache = StateCache()
+    app.state.refitter = Refitter()
     install_error_handlers(app)
     install_openapi(app, [StepReport])
     for router in (

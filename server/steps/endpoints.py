@@ -25,7 +25,9 @@ router = APIRouter(prefix="/v1/runs/{run}", tags=["steps"])
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StepReport"}}},
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/StepReport"}}
+            },
         }
     },
 )
@@ -54,15 +56,21 @@ def _ingest_in_session(app: Any, run: str, report: StepReport, actor: str) -> tu
     settings = app.state.settings
     with app.state.session_factory() as session:
         try:
-            result = ingest_report(
-                session, run, report, max_samples=settings.max_samples_per_report, actor=actor,
+            verdict, created, refit = ingest_report(
+                session,
+                run,
+                report,
+                max_samples=settings.max_samples_per_report,
+                actor=actor,
                 state_cache=app.state.analysis_cache,
             )
             session.commit()
         except BaseException:
             session.rollback()
             raise
-        return result
+    if refit is not None:
+        app.state.refitter.submit(refit)
+    return verdict, created
 
 
 @router.get("/steps", response_model=Page[StepRead])

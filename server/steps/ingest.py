@@ -47,13 +47,14 @@ def ingest_report(
     max_samples: int,
     actor: str,
     state_cache: analysis.StateCache | None = None,
-) -> tuple[Verdict, bool]:
-    """Store the report and answer its verdict; (verdict, created)."""
+) -> tuple[Verdict, bool, analysis.PendingFit | None]:
+    """Store the report and answer its verdict; (verdict, created, forest fit to run after
+    commit)."""
     _check_samples(report, max_samples)
     run = get_run(session, run_id, for_update=True)
     existing = store.find_step(session, run_id, report.step, report.phase.value)
     if existing is not None:
-        return Verdict.model_validate(existing.verdict), False
+        return Verdict.model_validate(existing.verdict), False, None
     if run.status != "running":
         raise Conflict(f"run {run_id} is {run.status}; it takes no more reports", fields=["run"])
 
@@ -62,7 +63,8 @@ def ingest_report(
     for proposed in result.commands:
         commands.issue(
             session, run_id=run_id, kind=proposed.kind, params=proposed.params,
-            reason={"text": proposed.reason_text,
+            reason={"text": proposed.reason_text, "step": report.step,
+                    "phase": report.phase.value,
                     "finding_ids": [finding_ids[i] for i in proposed.finding_indexes]},
             origin="policy", held=run.automation == "approve", effective_step=None,
             actor="policy",
@@ -85,14 +87,14 @@ def ingest_report(
         session.rollback()
         twin = store.find_step(session, run_id, report.step, report.phase.value)
         assert twin is not None
-        return Verdict.model_validate(twin.verdict), False
+        return Verdict.model_validate(twin.verdict), False, None
     store.write_samples(
         session, run_id=run_id, step=report.step,
         samples=report.samples, flags=result.flags, dropped=set(result.drop),
     )  # fmt: skip
     run.last_step = report.step if run.last_step is None else max(run.last_step, report.step)
     run.last_report_at = utcnow()
-    return verdict, True
+    return verdict, True, result.refit
 
 
 def _store_findings(
