@@ -63,7 +63,9 @@ COPY_COLUMNS = ("run_id", "step", "sample_id", "group_id", "reward",
                 "repetition", "extra", "nonfinite", "flags", "dropped")  # fmt: skip
 
 
-def bench_copy_floor(db_url: str, run_id: str, batches: list[list[dict]], first_step: int) -> list[float]:
+def bench_copy_floor(
+    db_url: str, run_id: str, batches: list[list[dict]], first_step: int
+) -> list[float]:
     """The same rows, written with raw COPY: one transaction per report, plus its step row."""
     latencies = []
     with psycopg.connect(db_url) as conn:
@@ -86,6 +88,53 @@ def bench_copy_floor(db_url: str, run_id: str, batches: list[list[dict]], first_
     return latencies
 
 
+def preload_history(db_url: str, run_id: str, steps: int, samples_per_step: int) -> None:
+    """Store `steps` steps of history (both phases, with samples) straight into the tables,
+    as a long run would have left them."""
+    rng = random.Random(1)
+    with psycopg.connect(db_url) as conn, conn.transaction(), conn.cursor() as cur:
+        with cur.copy("COPY steps (run_id, step, phase, algorithm, sample_count, extra_metrics,"
+                      " nonfinite, verdict, created_at, reward_mean, kl_mean, grad_norm)"
+                      " FROM STDIN") as copy:  # fmt: skip
+            for step in range(steps):
+                for phase in ("rollout", "update"):
+                    copy.write_row((run_id, step, phase, "grpo",
+                                    samples_per_step if phase == "rollout" else 0, "{}", "{}",
+                                    f'{{"step": {step}}}', "2026-01-01T00:00:00Z",
+                                    rng.random(), 0.02, 1.0))  # fmt: skip
+        with cur.copy(f"COPY samples ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy:
+            for step in range(steps):
+                for i in range(samples_per_step):
+                    copy.write_row((run_id, step, f"s{step}-{i}", f"g{i // 8}", 1.0, 0.5, 100,
+                                    False, 0.02, 0.1, 1.0, 0.0, None, None, None, False))  # fmt: skip
+        cur.execute("UPDATE runs SET last_step = %s WHERE id = %s", (steps - 1, run_id))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE steps")
+        conn.execute("VACUUM ANALYZE samples")
+
+
+def bench_long_run(url: str, token: str, db_url: str, args: argparse.Namespace) -> None:
+    """p99 verdict latency at 1,024 samples early in a run and deep into a long one."""
+    rng = random.Random(2)
+    print(f"\nverdict latency vs run length ({args.size_long} samples, {args.reports} reports,"
+          f" after {args.warm} warm-up reports)")  # fmt: skip
+    print(f"{'at step':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    figures = {}
+    for start in (100, args.long_step):
+        run_id = register(url, token, f"long-{start}")
+        if start > args.warm:
+            print(f"  preloading {start - args.warm:,} steps of history...", file=sys.stderr)
+            preload_history(db_url, run_id, start - args.warm, args.preload_samples)
+        first = start - args.warm
+        bodies = [report_body(first + k, make_samples(first + k, args.size_long, rng))
+                  for k in range(args.warm + args.reports)]  # fmt: skip
+        lat = bench_http(url, token, run_id, bodies)[args.warm :]
+        figures[start] = (percentile(lat, 50), percentile(lat, 99))
+        print(f"{start:>8} {figures[start][0] * 1e3:>8.1f} {figures[start][1] * 1e3:>8.1f}")
+    ratio = figures[args.long_step][1] / figures[100][1]
+    print(f"p99 ratio (step {args.long_step:,} / step 100): {ratio:.2f}  (target <= 1.2)")
+
+
 def register(url: str, token: str, name: str) -> str:
     r = httpx.post(f"{url}/v1/runs", headers={"Authorization": f"Bearer {token}"},
                    json={"name": name, "algorithm": "grpo", "model": {"name": "bench"}})  # fmt: skip
@@ -98,6 +147,23 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=60, help="reports per size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--long-step",
+        type=int,
+        default=50_000,
+        help="the step deep into a run at which latency is measured again",
+    )
+    parser.add_argument("--size-long", type=int, default=1024)
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=60,
+        help="real reports before measuring (fills the detectors' windows)",
+    )
+    parser.add_argument(
+        "--preload-samples", type=int, default=64, help="samples per preloaded history step"
+    )
+    parser.add_argument("--skip-long", action="store_true", help="skip the long-run comparison")
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
@@ -115,15 +181,17 @@ def main() -> None:
             n = args.reports + args.warmup
             batches = [make_samples(step, size, rng) for step in range(n)]
             bodies = [report_body(step, b) for step, b in enumerate(batches)]
-            http_lat = bench_http(server.url, token, run_id, bodies)[args.warmup:]
+            http_lat = bench_http(server.url, token, run_id, bodies)[args.warmup :]
             floor_run = register(server.url, token, f"floor-{size}")
-            floor_lat = bench_copy_floor(db.url, floor_run, batches, 0)[args.warmup:]
+            floor_lat = bench_copy_floor(db.url, floor_run, batches, 0)[args.warmup :]
             p50, p99 = percentile(http_lat, 50), percentile(http_lat, 99)
             f50, f99 = percentile(floor_lat, 50), percentile(floor_lat, 99)
             rows_per_s = size * len(http_lat) / sum(http_lat)
             print(f"{size:>8} {p50 * 1e3:>8.1f} {p99 * 1e3:>8.1f} {rows_per_s:>10.0f} "
                   f"{f50 * 1e3:>10.1f} {f99 * 1e3:>10.1f} {p50 / f50:>9.2f} {p99 / f99:>9.2f}")  # fmt: skip
         print("targets at 1024 samples: p99 <= 50 ms, end-to-end <= 3x the COPY floor")
+        if not args.skip_long:
+            bench_long_run(server.url, token, db.url, args)
     finally:
         if server is not None:
             server.stop()

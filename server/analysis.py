@@ -11,6 +11,7 @@ so two server processes never act on stale state; a mismatch reloads from the da
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -130,19 +131,19 @@ def load_state(
     cached = cache.get(run_id, row.version) if cache is not None else None
     if cached is not None:
         return cached, row
-    return RunAnalysisState.from_dict(row.state), row
+    return RunAnalysisState.from_dict(pickle.loads(row.blob)), row  # noqa: S301 - our own rows
 
 
 def save_state(
     session: Session, run_id: str, state: RunAnalysisState, row: DetectorState | None,
     cache: StateCache | None,
 ) -> None:  # fmt: skip
-    data = state.to_dict()
+    data = pickle.dumps(state.to_dict(), protocol=5)
     if row is None:
-        row = DetectorState(run_id=run_id, state=data, version=1)
+        row = DetectorState(run_id=run_id, blob=data, version=1)
         session.add(row)
     else:
-        row.state = data
+        row.blob = data
         row.version += 1
         row.updated_at = utcnow()
     if cache is not None:
