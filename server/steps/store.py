@@ -78,14 +78,44 @@ def _sample_rows(
             if value is not None and value - value != 0.0:
                 nonfinite = nonfinite or {}
                 nonfinite[name] = nonfinite_label(value) or "NaN"
+        extra = s.extra or None
+        if extra:
+            extra, nonfinite = _clean_extra(extra, nonfinite)
         sample_flags = flags.get(s.sample_id)
         rows.append((
             run_id, step, s.sample_id, s.group_id, floats[0], floats[1],
             s.length, s.truncated, floats[2], floats[3], floats[4], floats[5],
-            s.extra or None, nonfinite, sample_flags or None,
+            extra, nonfinite, sample_flags or None,
             s.sample_id in dropped,
         ))  # fmt: skip
     return rows
+
+
+def _clean_extra(
+    extra: dict[str, Any], nonfinite: dict[str, str] | None
+) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """JSON cannot hold NaN/±inf: a top-level non-finite extra is stored as null and remembered
+    in `nonfinite` as `extra.<key>`; deeper ones become their label strings ("NaN", ...)."""
+    if all(not isinstance(v, (float, dict, list)) for v in extra.values()):
+        return extra, nonfinite
+    cleaned: dict[str, Any] = {}
+    for key, value in extra.items():
+        if isinstance(value, float) and (label := nonfinite_label(value)) is not None:
+            nonfinite = {**(nonfinite or {}), f"extra.{key}": label}
+            cleaned[key] = None
+        else:
+            cleaned[key] = _labels_for_nonfinite(value)
+    return cleaned, nonfinite
+
+
+def _labels_for_nonfinite(value: Any) -> Any:
+    if isinstance(value, float):
+        return nonfinite_label(value) or value
+    if isinstance(value, dict):
+        return {k: _labels_for_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_labels_for_nonfinite(v) for v in value]
+    return value
 
 
 def write_samples(
@@ -167,7 +197,12 @@ def list_samples(session: Session, run_id: str, step: int) -> list[SampleRead]:
     out = []
     for r in session.scalars(stmt):
         values: dict[str, float | None] = {n: getattr(r, n) for n in SAMPLE_FLOAT_FIELDS}
-        overlay(values, r.nonfinite or {})
+        nonfinite = r.nonfinite or {}
+        overlay(values, {k: v for k, v in nonfinite.items() if not k.startswith("extra.")})
+        extra = dict(r.extra or {})
+        for key, label in nonfinite.items():
+            if key.startswith("extra."):
+                extra[key[len("extra."):]] = label  # as on the wire: "NaN", "Infinity", ...
         out.append(
             SampleRead(
                 step=r.step,
@@ -175,7 +210,7 @@ def list_samples(session: Session, run_id: str, step: int) -> list[SampleRead]:
                 group_id=r.group_id,
                 length=r.length,
                 truncated=r.truncated,
-                extra=r.extra or {},
+                extra=extra,
                 flags=r.flags or [],
                 dropped=r.dropped,
                 **values,

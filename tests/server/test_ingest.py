@@ -96,6 +96,7 @@ async def test_nonfinite_values_are_data(backend) -> None:  # type: ignore[no-un
                        "my_metric": "NaN", "reward_mean": 0.25}  # fmt: skip
     body["samples"][1]["reward"] = "NaN"
     body["samples"][2]["kl"] = "Infinity"
+    body["samples"][0]["extra"] = {"eos_seen": True, "parts": {"fmt": 1.0}}
     assert (await client.post(f"/v1/runs/{run}/steps", json=body)).status_code == 201
     # Python's json writes bare NaN tokens; they are accepted too.
     raw = b'{"step":1,"phase":"update","algorithm":"grpo","metrics":{"loss":NaN,"grad_norm":Infinity}}'
@@ -111,6 +112,17 @@ async def test_nonfinite_values_are_data(backend) -> None:  # type: ignore[no-un
     assert items[1]["metrics"] == {"loss": "NaN", "grad_norm": "Infinity"}
     samples = (await client.get(f"/v1/runs/{run}/samples", params={"step": 0})).json()
     assert samples[1]["reward"] == "NaN" and samples[2]["kl"] == "Infinity"
+    assert samples[0]["extra"] == {"eos_seen": True, "parts": {"fmt": 1.0}}
+    # Non-finite numbers inside `extra` (bare JSON tokens) come back as their labels; they
+    # used to be stored as null.
+    raw = (b'{"step":2,"phase":"rollout","algorithm":"grpo","samples":[{"sample_id":"a",'
+           b'"group_id":"g","reward":1,"advantage":0,"length":3,'
+           b'"extra":{"logp":-Infinity,"parts":{"fmt":NaN},"ok":1.5}}]}')  # fmt: skip
+    r = await client.post(f"/v1/runs/{run}/steps", content=raw,
+                          headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    got = (await client.get(f"/v1/runs/{run}/samples", params={"step": 2})).json()[0]["extra"]
+    assert got == {"logp": "-Infinity", "parts": {"fmt": "NaN"}, "ok": 1.5}
     assert samples[0]["reward"] == 0.0 and not math.isnan(samples[0]["advantage"])
 
 
