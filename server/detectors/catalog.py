@@ -50,8 +50,9 @@ DETECTORS: tuple[DetectorSpec, ...] = (
                  6.0, 4.0, 64, 0, Severity.warning, _DROP, {"mad_floor": 0.05}),
     DetectorSpec("sample_kl_z", _S, "kl", "robust z of log(kl + 1e-4)", "above",
                  6.0, 4.0, 64, 0, Severity.warning, _DROP, {"mad_floor": 0.1}),
-    DetectorSpec("sample_advantage_z", _S, "advantage", "robust z of |advantage|", "above",
-                 6.0, 4.0, 64, 0, Severity.warning, _DROP, {"mad_floor": 0.05}),
+    DetectorSpec("sample_advantage_z", _S, "advantage", "robust z of |advantage| (the MAD "
+                 "floor keeps GRPO's bounded group advantages quiet)", "above",
+                 6.0, 4.0, 64, 0, Severity.warning, _DROP, {"mad_floor": 0.5}),
     DetectorSpec("sample_log_ratio_z", _S, "log_ratio_max",
                  "robust z of log(max |log ρ| + 1e-3)", "above", 6.0, 4.0, 64, 0,
                  Severity.warning, _DROP, {"mad_floor": 0.1}),
@@ -61,10 +62,10 @@ DETECTORS: tuple[DetectorSpec, ...] = (
     DetectorSpec("sample_grad_share", _S, "grad_share",
                  "|A|·length / Σ|A|·length over the batch, cap = max(threshold, "
                  "min_multiple/N)", "above", 0.05, 0.05, 0, 0, Severity.warning, _DROP,
-                 {"min_multiple": 8.0}),
+                 {"min_multiple": 16.0}),
     DetectorSpec("sample_isolation_forest", _S, "features",
                  "IsolationForest anomaly score (0.5 normal, → 1 anomalous) on log length, |A|, "
-                 "kl, log-ratio, entropy, repetition, truncated", "above", 0.8, 0.75, 0, 0,
+                 "kl, log-ratio, entropy, repetition, truncated", "above", 0.72, 0.65, 0, 0,
                  Severity.warning, _DROP,
                  {"min_rows": 512.0, "refit_every": 50.0, "n_estimators": 100.0}),
     # ---- per step: spikes (robust z of log value over the last 50 steps)
@@ -110,7 +111,7 @@ DETECTORS: tuple[DetectorSpec, ...] = (
                  "clip_frac above the algorithm's range: token-level > token_level_max "
                  "(on-policy ≈ 1e-3), GSPO > gspo_max (normal 0.1–0.3), any > threshold "
                  "(stale rollouts)", "above", 0.4, 0.3, 5, 20, Severity.warning,
-                 _TOKEN_INSTAB, {"token_level_max": 0.2, "gspo_max": 0.35}),
+                 _TOKEN_INSTAB, {"token_level_max": 0.2, "gspo_max": 0.4}),
 )  # fmt: skip
 
 SAMPLE_DETECTORS = tuple(d.name for d in DETECTORS if d.scope == "sample")

@@ -6,7 +6,7 @@ fitted model. Persistence stores the *training rows and the seed*, not a pickle:
 and seed give the same trees (scikit-learn is deterministic given `random_state`), the stored
 state stays plain JSON and is portable across scikit-learn versions. Fitted models are cached
 in-process by a digest of (rows, seed), so reloading state per request costs no refit; after a
-server restart the first load refits once (≈0.1 s) and gets the identical model.
+server restart the first load refits once (≈0.5–1 s, max_samples 1024) and gets the identical model.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rlkeel.client.schemas import SampleStats
 from sklearn.ensemble import IsolationForest
+
+from rlkeel.client.schemas import SampleStats
 
 if TYPE_CHECKING:
     from rlkeel.server.detectors.state import RunDetectorState
@@ -81,7 +82,7 @@ def _digest(rows: list[list[float]], seed: int, n_estimators: int) -> str:
 
 
 def _fit(rows: list[list[float]], seed: int, n_estimators: int, key: str) -> IsolationForest:
-    model = IsolationForest(n_estimators=n_estimators, max_samples=min(256, len(rows)),
+    model = IsolationForest(n_estimators=n_estimators, max_samples=min(1024, len(rows)),
                             random_state=seed, n_jobs=1)  # fmt: skip
     model.fit(np.asarray(rows, dtype=np.float64))
     _CACHE[key] = model
@@ -133,4 +134,26 @@ def anomaly_scores(forest: ForestState, rows: list[list[float]]) -> np.ndarray |
     """Anomaly score per row (0.5 ≈ normal, → 1 anomalous), or None before the first fit."""
     if forest.model is None or not rows:
         return None
-    return -forest.model.score_samples(np.asarray(rows, dtype=np.float64))
+    return fast_anomaly_scores(forest.model, np.asarray(rows, dtype=np.float64))
+
+
+def fast_anomaly_scores(model: IsolationForest, x: np.ndarray) -> np.ndarray:
+    """`-model.score_samples(x)` without joblib's per-tree dispatch (≈20× faster on a batch).
+
+    Same arithmetic as scikit-learn's `_compute_score_samples`; falls back to the public
+    method when the fitted attributes it reads are absent (other scikit-learn versions).
+    """
+    try:
+        lengths = model._decision_path_lengths
+        per_tree = model._average_path_length_per_tree
+        from sklearn.ensemble._iforest import _average_path_length
+    except (AttributeError, ImportError):  # pragma: no cover - version dependent
+        return -model.score_samples(x)
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    depths = np.zeros(x32.shape[0], dtype=np.float64)
+    for tree, feats, d, a in zip(model.estimators_, model.estimators_features_, lengths,
+                                 per_tree, strict=True):  # fmt: skip
+        leaves = tree.tree_.apply(np.ascontiguousarray(x32[:, feats]))
+        depths += d[leaves] + a[leaves] - 1.0
+    denom = len(model.estimators_) * _average_path_length([model.max_samples_])
+    return np.asarray(2.0 ** (-depths / denom), dtype=np.float64)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from rlkeel.client.schemas import SampleStats, StepReport
 from rlkeel.server.detectors import forest as forest_mod
 from rlkeel.server.detectors.findings import Finding

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAD_SCALE", "Cusum", "Gate", "finite", "robust_center_scale", "window_from"]
+__all__ = ["MAD_SCALE", "Cusum", "Gate", "finite", "robust_center_scale", "robust_window_stats",
+           "window_from"]
 
 MAD_SCALE = 1.4826  # MAD → σ for a normal distribution
 
@@ -24,6 +25,20 @@ def robust_center_scale(values: np.ndarray, mad_floor: float) -> tuple[float, fl
     """Median and 1.4826·MAD, the scale floored so a constant history cannot make z infinite."""
     med = float(np.median(values))
     mad = float(np.median(np.abs(values - med)))
+    return med, max(MAD_SCALE * mad, mad_floor)
+
+
+def _median_sorted(xs: list[float]) -> float:
+    n = len(xs)
+    mid = n // 2
+    return xs[mid] if n % 2 else 0.5 * (xs[mid - 1] + xs[mid])
+
+
+def robust_window_stats(values: Iterable[float], mad_floor: float) -> tuple[float, float]:
+    """`robust_center_scale` for short windows in pure Python (no numpy call overhead)."""
+    xs = sorted(values)
+    med = _median_sorted(xs)
+    mad = _median_sorted(sorted(abs(x - med) for x in xs))
     return med, max(MAD_SCALE * mad, mad_floor)
 
 
@@ -83,6 +98,7 @@ class Cusum:
 
     ALPHA = 0.02
     WINDOW = 50
+    MIN_DIFFS = 20
 
     def __post_init__(self) -> None:
         if self.diffs is None:
@@ -95,11 +111,12 @@ class Cusum:
             self.mean, self.last = x, x
             return 0.0, x, 0.0
         self.diffs.append(abs(x - self.last))
-        sigma = MAD_SCALE * float(np.median(np.fromiter(self.diffs, float))) / math.sqrt(2.0)
+        sigma = MAD_SCALE * _median_sorted(sorted(self.diffs)) / math.sqrt(2.0)
         sigma = max(sigma, 1e-6 * max(1.0, abs(self.mean)))
         ref = self.mean
-        z = self.direction * (x - ref) / sigma
-        self.s = min(max(0.0, self.s + z - k), cap)
+        if len(self.diffs) >= self.MIN_DIFFS:  # σ from a handful of differences is too noisy
+            z = self.direction * (x - ref) / sigma
+            self.s = min(max(0.0, self.s + z - k), cap)
         self.mean = (1.0 - self.ALPHA) * self.mean + self.ALPHA * x
         self.last = x
         return self.s, ref, sigma

@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 from rlkeel.client.schemas import Algorithm, Severity, StepReport
 from rlkeel.server.detectors.findings import Finding
 from rlkeel.server.detectors.state import RunDetectorState
-from rlkeel.server.detectors.stats import finite, robust_center_scale
+from rlkeel.server.detectors.stats import finite, robust_window_stats
 
 if TYPE_CHECKING:
     from rlkeel.server.policy.config import DetectorSettings, PolicyConfig
@@ -86,8 +85,7 @@ def evaluate_update(state: RunDetectorState, report: StepReport,
         win = state.window(name)
         z, med = 0.0, y
         if len(win) >= 5:
-            med, scale = robust_center_scale(np.fromiter(win, float, len(win)),
-                                             s.params["mad_floor"])  # fmt: skip
+            med, scale = robust_window_stats(win, s.params["mad_floor"])
             z = (y - med) / scale
         base = math.exp(med) - floor
         run.check(name, s, exceeded=z > s.threshold, rearmed=z < s.rearm, metric=metric,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from rlkeel.client.schemas import Algorithm, CommandKind, Severity
 from rlkeel.server.detectors.catalog import DETECTORS, DetectorSpec
 

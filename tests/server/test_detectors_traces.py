@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from rlkeel.client.schemas import Algorithm, Phase, SampleStats, Severity, StepReport
 from rlkeel.server.detectors import (
     SEVERITY_RANK,
@@ -30,6 +31,7 @@ class Trace:
     algorithm: Algorithm = Algorithm.grpo
     step_overrides: dict[int, dict[str, float]] = field(default_factory=dict)
     sample_overrides: dict[int, dict[int, dict]] = field(default_factory=dict)
+    with_samples: bool = True
 
     def rollout(self, t: int) -> StepReport:
         rng = np.random.default_rng([self.seed, t, 1])
@@ -58,11 +60,11 @@ class Trace:
                    "truncation_rate": float(np.mean([s.truncated for s in samples])),
                    "zero_std_group_frac": float(zero_std)}
         return StepReport(step=t, phase=Phase.rollout, algorithm=self.algorithm, metrics=metrics,
-                          samples=samples)
+                          samples=samples if self.with_samples else [])
 
     def update(self, t: int) -> StepReport:
         rng = np.random.default_rng([self.seed, t, 2])
-        clip = 2e-1 if self.algorithm == Algorithm.gspo else 1e-3
+        clip = 0.15 if self.algorithm == Algorithm.gspo else 1e-3
         m = {"kl_mean": float(rng.lognormal(math.log(0.01 * (1 + t / 500)), 0.15)),
              "grad_norm": float(rng.lognormal(math.log(0.5), 0.25)),
              "clip_frac": float(rng.lognormal(math.log(clip), 0.3)),

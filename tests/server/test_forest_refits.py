@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import threading
 
-
 from rlkeel.server.detectors import forest as forest_mod
 from tests.server.helpers import RUN, rollout, sample
 
