@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import create_engine, pool
+
 from rlkeel.server.db import models  # noqa: F401  (registers the tables)
 from rlkeel.server.db.base import Base
-from sqlalchemy import create_engine, pool
 
 config = context.config
 target_metadata = Base.metadata

@@ -7,9 +7,10 @@ import hmac
 import secrets
 from enum import StrEnum
 
-from rlkeel.server.db.models import ApiKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from rlkeel.server.db.models import ApiKey
 
 
 class Role(StrEnum):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
 from rlkeel.server.db.base import Base
 from rlkeel.server.db.migrate import downgrade, upgrade
 from rlkeel.server.settings import Settings
-from sqlalchemy import create_engine, inspect
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
