@@ -135,11 +135,19 @@ def bench_long_run(url: str, token: str, db_url: str, args: argparse.Namespace) 
     print(f"p99 ratio (step {args.long_step:,} / step 100): {ratio:.2f}  (target <= 1.2)")
 
 
+DETECTORS_OFF: dict | None = None
+
+
 def register(url: str, token: str, name: str) -> str:
     r = httpx.post(f"{url}/v1/runs", headers={"Authorization": f"Bearer {token}"},
                    json={"name": name, "algorithm": "grpo", "model": {"name": "bench"}})  # fmt: skip
     r.raise_for_status()
-    return str(r.json()["id"])
+    run_id = str(r.json()["id"])
+    if DETECTORS_OFF is not None:  # storage and API path only: every detector disabled
+        r = httpx.put(f"{url}/v1/runs/{run_id}/policy", json=DETECTORS_OFF,
+                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        r.raise_for_status()
+    return run_id
 
 
 def main() -> None:
@@ -164,15 +172,23 @@ def main() -> None:
         "--preload-samples", type=int, default=64, help="samples per preloaded history step"
     )
     parser.add_argument("--skip-long", action="store_true", help="skip the long-run comparison")
+    parser.add_argument("--detectors", choices=["on", "off"], default="on",
+                        help="off: disable every detector in the runs' policy (ingest path only)")
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
     print("store: PostgreSQL on 127.0.0.1 (a fresh database), server: `rlkeel serve`, 1 worker")
+    print(f"detectors: {args.detectors}")
     db = BenchDatabase.create()
     server = None
     try:
         server = ServerProcess(db.url)
-        token = create_token(db.url)
+        token = create_token(db.url, role="admin")
+        if args.detectors == "off":
+            global DETECTORS_OFF
+            from rlkeel.server.detectors import DETECTORS
+
+            DETECTORS_OFF = {"detectors": {d.name: {"enabled": False} for d in DETECTORS}}
         rng = random.Random(0)
         print(f"{'samples':>8} {'p50 ms':>8} {'p99 ms':>8} {'rows/s':>10} {'floor p50':>10} "
               f"{'floor p99':>10} {'ratio p50':>9} {'ratio p99':>9}")  # fmt: skip
