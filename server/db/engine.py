@@ -11,12 +11,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from rlkeel.server.settings import Settings
 
 
-def make_engine(settings: Settings) -> Engine:
-    url = settings.normalized_database_url
+def ensure_sqlite_directory(url: str) -> None:
+    """SQLite creates the file but not its folder: make the folder (first run on a machine)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(settings: Settings) -> Engine:
+    url = settings.normalized_database_url
+    if url.startswith("sqlite"):
+        ensure_sqlite_directory(url)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
         )

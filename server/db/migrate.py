@@ -7,10 +7,12 @@ from importlib import resources
 from alembic import command
 from alembic.config import Config
 
+from rlkeel.server.db.engine import ensure_sqlite_directory
 from rlkeel.server.settings import Settings
 
 
 def alembic_config(database_url: str) -> Config:
+    ensure_sqlite_directory(database_url)
     script_location = str(resources.files("rlkeel.migrations"))
     cfg = Config()
     cfg.set_main_option("script_location", script_location)
