@@ -16,14 +16,7 @@ from rlkeel.trainer.tasks import (
     warm_start_policy,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    # Tiny models: intra-op threads only add contention on a busy 2-core box.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registry_lists_names_on_error() -> None:
