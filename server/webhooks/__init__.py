@@ -1,0 +1,1 @@
+"""Alert webhooks: subscriptions, a durable outbox, signed deliveries (Standard Webhooks)."""
