@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from rlkeel.trainer.config import LR_SCHEDULES, POSITIVE_EMPHASIS_MODES, TrainConfig
+from rlkeel.trainer.config import (
+    AUTOMATION_MODES,
+    LR_SCHEDULES,
+    POSITIVE_EMPHASIS_MODES,
+    TrainConfig,
+)
 
 _DEFAULTS = TrainConfig()
 
@@ -69,12 +75,34 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--inject", action="append", default=[], metavar="KIND@STEP[:STRENGTH]",
+                   help="TESTING TOOL: break the run on purpose at STEP (repeatable): "
+                   "length_explosion, kl_spike, lr_blowup, sparse_rewards")
+    svc = p.add_argument_group("the service (closed loop; without --server the run is local)")
+    svc.add_argument("--server", dest="server_url", default=os.environ.get("RLKEEL_SERVER_URL"),
+                     metavar="URL", help="rlkeel service URL (env RLKEEL_SERVER_URL)")
+    svc.add_argument("--token", default=os.environ.get("RLKEEL_TOKEN"),
+                     help="API key with the trainer role (env RLKEEL_TOKEN)")
+    svc.add_argument("--verdict-timeout", dest="verdict_timeout_s", type=float,
+                     default=d.verdict_timeout_s, metavar="SECONDS",
+                     help="wait this long for a rollout verdict, then local guards decide")
+    svc.add_argument("--spool-dir", default=None,
+                     help="where reports wait while the service is away (default OUT/spool)")
+    svc.add_argument("--spool-max-mb", type=float, default=d.spool_max_mb,
+                     help="bound of the report spool on disk")
+    svc.add_argument("--run-name", default=None, help="the run's name in the service")
+    svc.add_argument("--mode", choices=AUTOMATION_MODES, default=d.mode,
+                     help="automation mode: auto (commands apply), approve (held for an "
+                          "operator), observe (findings only)")
+    svc.add_argument("--guard-max-length", type=int, default=None, metavar="TOKENS",
+                     help="local guard without a verdict: drop responses that hit this many "
+                          "tokens without ending (default: the max new tokens)")
     return p
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Mount ``train`` on the top-level ``rlkeel`` parser."""
-    p = subparsers.add_parser("train", help="train a policy with RL, locally (no service)",
+    p = subparsers.add_parser("train", help="train a policy with RL (with --server: watched by the service)",
                               description="Train a policy with RL on a built-in task.")  # fmt: skip
     configure_parser(p)
     p.set_defaults(handler=run_train)
@@ -91,19 +119,45 @@ def run_train(args: argparse.Namespace) -> int:
     from rlkeel.trainer.loop import Trainer
 
     config = config_from_args(args)
+    if config.server_url and not config.token:
+        raise SystemExit("rlkeel train: --server needs --token (or RLKEEL_TOKEN)")
     trainer = Trainer(config)
     trainer.show_progress = args.progress
+    link = None
     try:
         if args.resume and trainer.resume_latest() and dist.is_main():
             print(f"resumed at step {trainer.step}", file=sys.stderr)
-        history = trainer.run()
+        if config.server_url and dist.is_main():
+            from rlkeel.trainer.monitor import ServiceLink
+
+            link = ServiceLink.from_config(config)
+            try:
+                run_id = link.attach(trainer, name=config.run_name, mode=config.mode)
+            except BaseException:
+                link.close()  # a refusal (bad token, bad fields) ends the run before it starts
+                raise
+            print(f"run {run_id or '(not registered yet)'} at {config.server_url}", file=sys.stderr)
+            if config.checkpoint_every <= 0:
+                print("note: no --checkpoint-every: the service's rollback commands will be "
+                      "rejected (nothing to roll back to)", file=sys.stderr)  # fmt: skip
+        try:
+            history = trainer.run()
+        except BaseException as exc:
+            if link is not None:
+                link.finish("failed", f"{type(exc).__name__}: {exc}"[:2000], timeout=10.0)
+                link = None
+            raise
+        if link is not None:
+            stopped = trainer.stop_reason is not None
+            link.finish("stopped" if stopped else "finished", trainer.stop_reason)
         if dist.is_main():
             last = history[-1] if history else {}
             summary = {k: last.get(k) for k in ("reward_mean", "positive_frac", "kl_mean",
                                                  "entropy_mean", "length_mean")}  # fmt: skip
             print(json.dumps({"steps": trainer.step, "algorithm": trainer.algorithm,
                               "stop_reason": trainer.stop_reason, "last": summary,
-                              "out": config.out_dir}, allow_nan=True))  # fmt: skip
+                              "out": config.out_dir, "run_id": link.run_id if link else None},
+                             allow_nan=True))  # fmt: skip
     finally:
         dist.shutdown()
     return 0

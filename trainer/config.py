@@ -8,6 +8,11 @@ from typing import Any
 
 POSITIVE_EMPHASIS_MODES = ("none", "sample_weight", "positive_tokens", "advantage_scale")
 LR_SCHEDULES = ("constant", "cosine")
+AUTOMATION_MODES = ("auto", "approve", "observe")
+SECRET_FIELDS = ("token",)
+INVOCATION_FIELDS = ("steps", "out_dir", "server_url", "token", "verdict_timeout_s", "spool_dir",
+                     "spool_max_mb", "run_name", "mode")  # fmt: skip
+"""Fields that belong to this invocation, not to the run: a checkpoint never overrides them."""
 
 
 @dataclass
@@ -66,6 +71,23 @@ class TrainConfig:
     """Newest checkpoints kept (0 = all)."""
     out_dir: str | None = None
     device: str = "auto"
+    # the service (rlkeel.trainer.monitor); no server_url = a local run
+    server_url: str | None = None
+    token: str | None = None
+    """API key with the trainer role. A secret: never written to checkpoints nor sent."""
+    verdict_timeout_s: float = 2.0
+    """How long a rollout waits for the service's verdict before local guards decide."""
+    spool_dir: str | None = None
+    """Where reports wait while the service is away (default: OUT/spool or a temp dir)."""
+    spool_max_mb: float = 256.0
+    run_name: str | None = None
+    mode: str = "auto"
+    """Automation mode the run is registered with: auto, approve or observe."""
+    guard_max_length: int | None = None
+    """Local guard while the service is away: drop samples that hit this many tokens without
+    ending (default: the current max_new_tokens)."""
+    inject: list[str] = field(default_factory=list)
+    """Fault injections ``KIND@STEP[:STRENGTH]`` (a testing tool: ``rlkeel.trainer.inject``)."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.group_size < 1 or self.prompts_per_step < 1:
@@ -78,6 +100,17 @@ class TrainConfig:
             raise ValueError(f"positive_emphasis must be one of {POSITIVE_EMPHASIS_MODES}")
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError("lr must be a finite number >= 0")
+        if self.mode not in AUTOMATION_MODES:
+            raise ValueError(f"mode must be one of {AUTOMATION_MODES}")
+        if not (math.isfinite(self.verdict_timeout_s) and self.verdict_timeout_s > 0):
+            raise ValueError("verdict_timeout_s must be a positive number")
+        if not (self.spool_max_mb > 0):
+            raise ValueError("spool_max_mb must be positive")
+        if self.inject:
+            from rlkeel.trainer.inject import parse_injection
+
+            for spec in self.inject:
+                parse_injection(spec)  # fails early, naming the valid kinds
 
     @property
     def is_dapo(self) -> bool:
@@ -96,7 +129,8 @@ class TrainConfig:
         return self.kl_coef > 0 if self.use_reference is None else self.use_reference
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Everything but the secrets (this goes into checkpoints and the run's registration)."""
+        return {k: v for k, v in asdict(self).items() if k not in SECRET_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

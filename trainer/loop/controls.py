@@ -14,7 +14,7 @@ import torch
 from rlkeel.trainer import algos
 from rlkeel.trainer import checkpoint as ckpt
 from rlkeel.trainer import distributed as dist
-from rlkeel.trainer.config import TrainConfig
+from rlkeel.trainer.config import INVOCATION_FIELDS, TrainConfig
 from rlkeel.trainer.loop.records import PendingCommand, UpdateBatch
 from rlkeel.trainer.rollout import RolloutBatch
 
@@ -87,6 +87,27 @@ class TrainerControls:
         self.load_checkpoint(found[1])
         return self.step
 
+    def restore_weights(self, to_step: int) -> int:
+        """The ``rollback`` command: load the policy, value head and optimizer state of the
+        newest checkpoint at or before ``to_step``; returns that checkpoint's step.
+
+        Unlike ``rollback`` (a full rewind, as ``--resume`` does), the step counter, the lr
+        schedule position, the prompt stream and the sampling generator keep going forward, and
+        the controls the service set since (algorithm, lr scale, emphasis, max length) stay in
+        force. Steps reported to the service are never reused, so its history stays one row per
+        step; and the restored policy meets fresh prompts instead of replaying, with the same
+        random draws, the trajectory that went wrong."""
+        directory = self.checkpoint_dir
+        found = None if directory is None else ckpt.latest_at_or_before(directory, to_step)
+        if found is None:
+            raise ValueError(f"no checkpoint at or before step {to_step}")
+        state = ckpt.load_checkpoint(found[1], map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._set_lr()  # the optimizer's saved lr is the old one: the current schedule rules
+        return int(state["step"])
+
     # ------------------------------------------------------------------ commands
     def queue_commands(self, commands: Iterable[Any]) -> None:
         self.pending_commands.extend(PendingCommand.from_any(c) for c in commands)
@@ -125,7 +146,9 @@ class TrainerControls:
         if cmd.kind == "scale_lr":
             return f"lr {self.scale_lr(float(p['factor'])):.3g}"
         if cmd.kind == "rollback":
-            return f"restored step {self.rollback(int(p['to_step']))}"
+            restored = self.restore_weights(int(p["to_step"]))
+            return (f"weights and optimizer of step {restored} restored; counting goes on "
+                    f"from step {self.step}")  # fmt: skip
         if cmd.kind == "set_max_length":
             self.set_max_length(int(p["tokens"]))
             return f"max length {self.max_new_tokens}"
@@ -173,8 +196,9 @@ class TrainerControls:
         self.positive_emphasis = tuple(state["positive_emphasis"])
         self.counters = dict(state["counters"])
         saved_cfg = TrainConfig.from_dict(state["config"])
-        # The step budget and output place are this invocation's; the rest is the run's.
-        self.config = replace(saved_cfg, steps=self.config.steps, out_dir=self.config.out_dir)
+        # The step budget, output place and service link are this invocation's; the rest is
+        # the run's.
+        self.config = replace(saved_cfg, **{k: getattr(self.config, k) for k in INVOCATION_FIELDS})
         ckpt.restore_rng_state(state["rng"], self.prompt_rng, None)
         generators = state["generators"]
         self.generator.set_state(generators[self.rank % len(generators)].cpu())

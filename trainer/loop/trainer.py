@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from rlkeel.trainer import algos
 from rlkeel.trainer import distributed as dist
 from rlkeel.trainer.config import TrainConfig
+from rlkeel.trainer.inject import Injector
 from rlkeel.trainer.loop.controls import TrainerControls
 from rlkeel.trainer.loop.records import (
     CommandHook,
@@ -99,6 +100,10 @@ class Trainer(TrainerControls):
         self.skip_next_step = False
         self.counters = {"nonfinite_skips": 0, "skipped_steps": 0}
         self.history: list[dict[str, float]] = []
+        self.injector: Injector | None = None  # fault injection, a testing tool
+        if config.inject:
+            self.injector = Injector.from_specs(config.inject, config.seed)
+            self.injector.install(self)
         self.out_dir = Path(config.out_dir) if config.out_dir else None
         self.metrics_writer = (MetricsWriter(self.out_dir / "metrics.jsonl")
                                if self.out_dir is not None and dist.is_main() else None)  # fmt: skip
@@ -160,10 +165,12 @@ class Trainer(TrainerControls):
         started = time.perf_counter()
         step = self.step
 
-        # 1. Prompts and G responses each (this rank's share of the global prompts).
+        # 1. Prompts and G responses each (this rank's share of the global prompts). Injected
+        # faults (a testing tool) may change the lr, the rewards or the model that samples.
+        sampler = self.model if self.injector is None else self.injector.before_step(self)
         prompts = self.task.sample(self.config.prompts_per_step, self.prompt_rng)
         mine = list(range(self.rank, len(prompts), self.world))
-        batch = generate(self.model, self.tokenizer, [prompts[i] for i in mine],
+        batch = generate(sampler, self.tokenizer, [prompts[i] for i in mine],
                          group_size=self.config.group_size, max_new_tokens=self.max_new_tokens,
                          temperature=self.config.temperature, generator=self.generator,
                          device=self.device, ref_model=self.ref_model, step=step)  # fmt: skip
@@ -192,9 +199,14 @@ class Trainer(TrainerControls):
         verdict = dist.broadcast_object(verdict)
         self.queue_commands(verdict.commands)
 
-        # 5. Apply drops: dropped samples leave every normaliser, so take the sub-batch.
+        # 5. Apply drops: dropped samples leave every normaliser — the group mean and std of
+        # the advantages (or PPO's whitening) included — so the advantages of the kept samples
+        # are computed again without them, and the update takes the sub-batch.
         total = self._global_count(len(ub))
-        ub = self.drop_samples(ub, verdict.drop)
+        if dist.any_rank(bool(set(verdict.drop) & set(batch.sample_ids)), self.device):
+            drop = set(verdict.drop)
+            keep = torch.tensor([sid not in drop for sid in batch.sample_ids], dtype=torch.bool)
+            ub = self._advantages(batch.select(keep), rewards[keep.to(rewards.device)])
         if verdict.weights:
             w = [verdict.weights.get(sid, 1.0) for sid in ub.sample_ids]
             ub.weights = ub.weights * torch.tensor(w, dtype=torch.float32, device=self.device)
