@@ -7,11 +7,16 @@ real floats (`math.nan`); `wire()` turns them into the "NaN"/"Infinity" strings 
 
 Healthy runs: binary rewards whose success rate rises slowly (per-prompt difficulty from a
 Beta), GRPO group-normalised advantages, KL to the reference ~0.01 → 0.05 with a drifting
-AR(1) factor, entropy slowly falling (~0.8 → ~0.55), response lengths lognormal around 350
-tokens capped at 1,024 (truncated there), grad norm lognormal, clip fraction ≈ 1e-3.
-`noise` scales the step-to-step noise of every drift and of grad norm / clip fraction.
+AR(1) factor (2% of samples drift 3-8x further), entropy slowly falling (~0.8 → ~0.55),
+response lengths lognormal around 350 tokens growing ~35% over the run (as in reasoning RL),
+5% verbose answers 1.5-2.5x longer, capped at 1,024 (truncated there), grad norm lognormal
+with a learning-rate warm-up transient and occasional x1.3-2 blips, clip fraction ≈ 1e-3.
+`noise` scales the step-to-step noise of every drift and of grad norm / clip fraction (the
+benchmark uses 0.5, 1, 2 and 3).
 
-Event runs are a healthy run with ONE event injected from `onset` on; `Trace.catchers` names
+Event runs are a healthy run with ONE event injected from `onset` on, its size drawn per
+trace (`event_params`: e.g. KL x4-10 for 2-5 steps, grad-norm spikes x8-30, entropy decaying
+with a time constant of 4-8 steps); `Trace.catchers` names
 the rlkeel detectors whose findings count as catching it, `Trace.rlwatch_catchers` those of
 rlwatch (empty: rlwatch has no comparable detector).
 """
@@ -33,6 +38,7 @@ __all__ = [
     "RLWATCH_CATCHERS",
     "SCENARIOS",
     "Trace",
+    "event_params",
     "make_traces",
     "wire",
 ]
@@ -100,54 +106,76 @@ def _ar(rng: np.random.Generator, prev: float, rho: float, sigma: float) -> floa
     return rho * prev + sigma * float(rng.standard_normal())
 
 
+def event_params(scenario: str, rng: np.random.Generator) -> dict[str, float]:
+    """The event's magnitudes, drawn per trace: detectors must not be tuned to one size."""
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    if scenario == "length_explosion":
+        return {"loop_start": u(0.03, 0.06), "loop_rate": u(0.02, 0.04), "growth": u(1.02, 1.04)}
+    if scenario == "kl_spike":
+        return {"factor": u(4.0, 10.0), "duration": float(rng.integers(2, 6))}
+    if scenario == "entropy_collapse":
+        return {"tau": u(4.0, 8.0)}
+    if scenario == "reward_hacking":
+        return {"growth": u(1.03, 1.06), "ramp": u(10.0, 20.0)}
+    if scenario == "grad_norm_spikes":
+        return {"gap1": float(rng.integers(3, 6)), "gap2": float(rng.integers(7, 11)),
+                "f0": u(8.0, 30.0), "f1": u(8.0, 30.0), "f2": u(8.0, 30.0)}  # fmt: skip
+    if scenario == "low_positive_frac":
+        return {"p": u(0.03, 0.07)}
+    if scenario == "stale_clip_frac":
+        return {"clip": u(0.25, 0.45), "lr_scale": u(2.5, 4.0)}
+    return {}
+
+
 def _generate(tr: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     key = sum(ord(c) * (i + 1) for i, c in enumerate(tr.scenario))
     rng = np.random.default_rng([tr.seed, int(tr.noise * 1000), key])
     T, nz, onset = tr.steps, tr.noise, tr.onset
-    ev = tr.scenario
+    ev, P = tr.scenario, tr.params
     # slowly varying step-level factors (log space), AR(1)
     kl_f = ent_f = len_f = gn_f = 0.0
     p_shift = 0.0
     # event state
     ent_at_onset: float | None = None
     hack_len = 1.0
-    spike_steps: set[int] = set()
+    spikes: dict[int, float] = {}
     if onset is not None and ev == "grad_norm_spikes":
-        spike_steps = {onset, onset + 3, onset + 7}
-    kl_spike_len = 4
+        g1, g2 = int(P["gap1"]), int(P["gap2"])
+        spikes = {onset: P["f0"], onset + g1: P["f1"], onset + g2: P["f2"]}
     for t in range(T):
         k = None if onset is None or t < onset else t - onset  # steps since onset
         frac = t / max(T, 1)
         kl_f = _ar(rng, kl_f, 0.95, 0.04 * nz)
         ent_f = _ar(rng, ent_f, 0.95, 0.015 * nz)
-        len_f = _ar(rng, len_f, 0.95, 0.02 * nz)
+        len_f = _ar(rng, len_f, 0.95, 0.015 * nz)
         gn_f = _ar(rng, gn_f, 0.9, 0.05 * nz)
         p_shift = _ar(rng, p_shift, 0.95, 0.01 * nz)
 
         p = 0.35 + 0.25 * frac + p_shift
         kl_level = (0.01 + 0.04 * frac) * math.exp(kl_f)
         ent_level = 0.8 * math.exp(-0.4 * frac + ent_f)
-        len_level = 350.0 * math.exp(len_f)
+        # Reasoning RL: responses get longer as the policy learns (healthy growth, ~35%).
+        len_level = 350.0 * math.exp(0.3 * frac + len_f)
         loop_share = 0.0
         lr_scale = 1.0  # per-sample max |log ratio| multiplier
         if k is not None:
             if ev == "length_explosion":
-                loop_share = min(0.6, 0.06 + 0.04 * k)
-                len_level *= 1.03 ** min(k, 40)
-            elif ev == "kl_spike" and k < kl_spike_len:
-                kl_level *= 10.0
+                loop_share = min(0.6, P["loop_start"] + P["loop_rate"] * k)
+                len_level *= P["growth"] ** min(k, 40)
+            elif ev == "kl_spike" and k < int(P["duration"]):
+                kl_level *= P["factor"]
             elif ev == "entropy_collapse":
                 if ent_at_onset is None:
                     ent_at_onset = ent_level
-                ent_level = ent_at_onset * math.exp(-k / 5.0) + 0.003
+                ent_level = ent_at_onset * math.exp(-k / P["tau"]) + 0.003
             elif ev == "reward_hacking":
-                p = min(0.97, p + (0.97 - p) * min(1.0, (k + 1) / 15.0))
-                hack_len = min(hack_len * 1.06, 3.5)
+                p = min(0.97, p + (0.97 - p) * min(1.0, (k + 1) / P["ramp"]))
+                hack_len = min(hack_len * P["growth"], 3.5)
                 len_level *= hack_len
             elif ev == "low_positive_frac":
-                p = 0.04
+                p = P["p"]
             elif ev == "stale_clip_frac":
-                lr_scale = 4.0
+                lr_scale = P["lr_scale"]
         p = min(max(p, 0.01), 0.99)
 
         # ---- samples
@@ -166,6 +194,9 @@ def _generate(tr: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
             advs[g * GROUP_SIZE:(g + 1) * GROUP_SIZE] = (r - r.mean()) / (sd + 1e-6)
         n = GROUPS * GROUP_SIZE
         lengths = rng.lognormal(math.log(len_level), 0.45, n)
+        # Healthy long answers (hard prompts, verbose but correct reasoning): a heavy tail.
+        verbose = rng.random(n) < 0.05
+        lengths[verbose] *= rng.uniform(1.5, 2.5, int(verbose.sum()))
         loops = rng.random(n) < loop_share
         lengths[loops] = MAX_LENGTH
         lengths = np.minimum(np.round(lengths), MAX_LENGTH).astype(int)
@@ -174,6 +205,8 @@ def _generate(tr: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         repetition = rng.beta(2.0, 30.0, n)
         repetition[loops] = rng.beta(20.0, 4.0, int(loops.sum()))
         kls = rng.lognormal(math.log(kl_level), 0.5, n)
+        drifted = rng.random(n) < 0.02  # a few samples drift further from the reference
+        kls[drifted] *= rng.uniform(3.0, 8.0, int(drifted.sum()))
         log_ratio = rng.lognormal(math.log(0.15 * lr_scale), 0.3, n)
         entropy = ent_level * rng.lognormal(0.0, 0.15, n)
         entropy[loops] *= 0.3  # loops are low-entropy
@@ -208,12 +241,17 @@ def _generate(tr: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
             rollout_metrics["kl_max"] = math.nan
 
         # ---- update
-        grad_norm = 0.3 * math.exp(gn_f) * float(rng.lognormal(0.0, 0.15 * nz))
-        if t in spike_steps:
-            grad_norm *= float(rng.uniform(10.0, 30.0))
+        # Learning-rate warm-up: larger gradients over the first steps; occasional healthy
+        # blips (x1.3-2) on top of the lognormal noise.
+        warm = 1.0 + 1.5 * math.exp(-t / 8.0)
+        grad_norm = 0.3 * warm * math.exp(gn_f) * float(rng.lognormal(0.0, 0.12 * nz))
+        if rng.random() < 0.02:
+            grad_norm *= float(rng.uniform(1.3, 2.0))
+        if t in spikes:
+            grad_norm *= spikes[t]
         clip = 1e-3 * float(rng.lognormal(0.0, 0.3 * nz))
         if ev == "stale_clip_frac" and k is not None:
-            clip = 0.4 * float(rng.lognormal(0.0, 0.08))
+            clip = P["clip"] * float(rng.lognormal(0.0, 0.08))
         loss = float(rng.normal(0.0, 0.02))
         ppo_kl = 1e-4 * float(rng.lognormal(0.0, 0.3)) * (lr_scale ** 2)
         update_metrics = {
@@ -251,10 +289,10 @@ def make_traces(*, seeds: list[int], noises: list[float], steps: int,
             for h in range(healthy_per):
                 out.append(Trace(HEALTHY, seed * 100 + h, noise, steps))
             for name in names:
-                rng = np.random.default_rng([seed, int(noise * 1000), len(name)])
+                rng = np.random.default_rng([seed, int(noise * 1000), *name.encode()])
                 onset = int(rng.integers(int(0.45 * steps), int(0.7 * steps) + 1))
                 out.append(Trace(name, seed, noise, steps, onset, SCENARIOS[name],
-                                 RLWATCH_CATCHERS[name]))  # fmt: skip
+                                 RLWATCH_CATCHERS[name], params=event_params(name, rng)))  # fmt: skip
     return out
 
 

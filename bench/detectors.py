@@ -15,12 +15,12 @@ healthy trace or before the onset) and the median steps from onset to detection.
 traces go through rlwatch's detectors (`DetectorSuite` with its default config, alerts passed
 through its `AlertManager` cooldowns) where rlwatch has a comparable detector.
 
-    python bench/detectors.py [--seeds 0] [--noise 0.5 2] [--steps 120] [--window 20]
-        [--healthy-per 1] [--backend service|direct] [--concurrency 2] [--no-rlwatch]
+    python bench/detectors.py [--seeds 0] [--noise 0.5 1 2 3] [--steps 120] [--window 20]
+        [--healthy-per 2] [--backend service|direct] [--concurrency 2] [--no-rlwatch]
 
-The default (18 traces of 120 steps through the service) needs ~4 minutes of CPU on 2 cores:
-the in-process service spends ~55 ms of CPU per 64-sample report (27 traces took 6m09s of
-CPU). `--backend direct` (the same detectors without HTTP or database) suits larger sweeps.
+The default (40 traces of 120 steps: 8 healthy, 32 with an event, at noise 0.5, 1, 2 and 3)
+goes through the service; `--backend direct` (the same detectors without HTTP or database,
+~2 s of CPU per trace) suits larger sweeps (`--seeds 0 1 2 3`).
 """
 
 from __future__ import annotations
@@ -330,10 +330,10 @@ def print_table(ours: dict[str, Score], theirs: dict[str, Score] | None, scenari
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 2.0],
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0],
                         help="noise levels (multipliers of the step-to-step noise)")
     parser.add_argument("--steps", type=int, default=120, help="steps per trace")
-    parser.add_argument("--healthy-per", type=int, default=1,
+    parser.add_argument("--healthy-per", type=int, default=2,
                         help="healthy traces per seed and noise level")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--window", type=int, default=20, help="steps after onset that count")

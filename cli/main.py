@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from rlkeel.cli import server_commands
+from rlkeel.cli import demo, operator_commands, report, server_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -18,7 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server_commands.register(sub)
+    operator_commands.register(sub)
     _register_trainer(sub)
+    report.register(sub)
+    demo.register(sub)
     return parser
 
 

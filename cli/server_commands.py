@@ -38,6 +38,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     down = db_sub.add_parser("downgrade", help="revert migrations")
     down.add_argument("revision")
     down.set_defaults(handler=_db_downgrade)
+    login = db_sub.add_parser(
+        "reader-login",
+        help="create or update a read-only login for dashboards (PostgreSQL; password from "
+        "RLKEEL_READER_PASSWORD)",
+    )
+    login.add_argument("name", help="the login role, e.g. grafana")
+    login.set_defaults(handler=_db_reader_login)
     cur = db_sub.add_parser("current", help="print the current revision")
     cur.set_defaults(handler=_db_current)
 
@@ -61,9 +68,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _settings() -> Any:
     _need_server()
+    from pydantic import ValidationError
+
     from rlkeel.server.settings import Settings
 
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        # e.g. RLKEEL_ENVIRONMENT=production with default secrets: say why, no traceback.
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise SystemExit(f"rlkeel: invalid settings: {reasons}") from None
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -79,6 +93,28 @@ def _db_downgrade(args: argparse.Namespace) -> int:
     from rlkeel.server.db.migrate import downgrade
 
     downgrade(_settings(), args.revision)
+    return 0
+
+
+def _db_reader_login(args: argparse.Namespace) -> int:
+    import os
+
+    from rlkeel.server.db.engine import make_engine
+    from rlkeel.server.db.reader_role import ensure_reader_login
+
+    password = os.environ.get("RLKEEL_READER_PASSWORD", "")
+    if not password:
+        print("set RLKEEL_READER_PASSWORD (never on the command line)", file=sys.stderr)
+        return 2
+    engine = make_engine(_settings())
+    try:
+        created = ensure_reader_login(engine, args.name, password)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(f"{'created' if created else 'updated'} read-only login {args.name}", file=sys.stderr)
     return 0
 
 

@@ -95,8 +95,9 @@ class AsyncClient:
     async def _send(self, call: Call[T]) -> T:
         headers = JSON_HEADERS if call.body is not None else None
         request = self._http.build_request(
-            call.method, call.path, params=call.params, content=call.body, headers=headers
-        )
+            call.method, call.path, params=call.params, content=call.body, headers=headers,
+            timeout=httpx.USE_CLIENT_DEFAULT if call.timeout is None else call.timeout,
+        )  # fmt: skip
         max_attempts = 1 + (self.retries if call.idempotent else 0)
         for attempt in range(max_attempts):
             last = attempt + 1 == max_attempts
@@ -139,6 +140,13 @@ class AsyncClient:
         """Set a run's automation mode: `auto`, `approve` or `observe` (operator)."""
         return await self._send(_calls.set_automation(run_id, mode))
 
+    async def set_run_status(
+        self, run_id: str, status: RunStatus | str, detail: str | None = None
+    ) -> Run:
+        """Mark how a run ended: `finished`, `stopped` or `failed` (trainer). Retried: setting
+        the same status again is a no-op; a run that already ended otherwise answers 409."""
+        return await self._send(_calls.set_run_status(run_id, status, detail))
+
     async def get_policy(self, run_id: str) -> dict[str, Any]:
         """The run's policy: thresholds and rules."""
         return await self._send(_calls.get_policy(run_id))
@@ -149,9 +157,12 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ steps
 
-    async def report_step(self, run_id: str, report: StepReport | Mapping[str, Any]) -> Verdict:
-        """Report a step; answers the verdict. Retried: a repeat returns the stored verdict."""
-        return await self._send(_calls.report_step(run_id, report))
+    async def report_step(
+        self, run_id: str, report: StepReport | Mapping[str, Any], *, timeout: float | None = None
+    ) -> Verdict:
+        """Report a step; answers the verdict. Retried: a repeat returns the stored verdict.
+        `timeout` (seconds) replaces the client's timeout for this call, e.g. a step's deadline."""
+        return await self._send(_calls.report_step(run_id, report, timeout))
 
     async def list_steps(
         self,

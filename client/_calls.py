@@ -40,6 +40,7 @@ from rlkeel.client.schemas import (
     Run,
     RunCreate,
     RunStatus,
+    RunStatusUpdate,
     SampleRead,
     Severity,
     StepRead,
@@ -81,11 +82,15 @@ def get_run(run_id: str) -> Call[Run]:
     return Call("GET", _runs_path(run_id), _run, idempotent=True)
 
 
-def report_step(run_id: str, report: StepReport | Mapping[str, Any]) -> Call[Verdict]:
+def report_step(
+    run_id: str, report: StepReport | Mapping[str, Any], timeout: float | None = None
+) -> Call[Verdict]:
     if not isinstance(report, StepReport):
         report = StepReport.model_validate(dict(report))
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
     return Call("POST", _runs_path(run_id, "/steps"), _verdict, body=encode(report),
-                idempotent=True)  # fmt: skip
+                idempotent=True, timeout=timeout)  # fmt: skip
 
 
 def list_steps(
@@ -148,6 +153,13 @@ def decide_command(command_id: int, decision: str, note: str | None) -> Call[Com
 def set_automation(run_id: str, mode: AutomationMode | str) -> Call[Run]:
     body = encode(AutomationUpdate(mode=AutomationMode(mode)))
     return Call("PUT", _runs_path(run_id, "/automation"), _run, body=body, idempotent=True)
+
+
+def set_run_status(run_id: str, status: RunStatus | str, detail: str | None) -> Call[Run]:
+    """Idempotent: setting the status a run already has is a no-op."""
+    body = encode(RunStatusUpdate.model_validate({"status": getattr(status, "value", status),
+                                                  "detail": detail}))  # fmt: skip
+    return Call("PUT", _runs_path(run_id, "/status"), _run, body=body, idempotent=True)
 
 
 def get_policy(run_id: str) -> Call[dict[str, Any]]:

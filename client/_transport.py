@@ -8,6 +8,7 @@ apart on paths, encodings or retry rules.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import to_jsonable_python
 
 from rlkeel.client._exceptions import (
     APIError,
@@ -25,6 +27,7 @@ from rlkeel.client._exceptions import (
     UnexpectedResponseError,
     error_class_for,
 )
+from rlkeel.client.schemas import StepReport
 
 T = TypeVar("T")
 Parser = Callable[[httpx.Response], T]
@@ -50,6 +53,8 @@ class Call(Generic[T]):
     """Safe to send again after a connection error, a timeout or a 5xx."""
     ok_statuses: frozenset[int] = field(default_factory=frozenset)
     """Error statuses the caller reads as an answer rather than an exception."""
+    timeout: float | None = None
+    """Seconds for this request, instead of the client's timeout."""
 
 
 def segment(value: str | int) -> str:
@@ -58,11 +63,28 @@ def segment(value: str | int) -> str:
 
 
 def encode(payload: BaseModel | Mapping[str, Any]) -> bytes:
-    """JSON body. Models dump in JSON mode, so a NaN metric travels as the string "NaN"."""
+    """JSON body. Models dump in JSON mode, so a NaN metric travels as the string "NaN".
+
+    pydantic's JSON mode turns a non-finite float inside a free dict (a sample's `extra`) into
+    null; those dicts are put back as given, so their NaN/±inf go out as the bare tokens
+    NaN/Infinity, which the service's parser accepts and stores as non-finite numbers.
+    """
     data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
-    # Non-finite floats left in free dicts (`extra`) go out as the bare tokens NaN/Infinity,
-    # which the service's parser accepts.
+    if isinstance(payload, StepReport):
+        for wire, sample in zip(data["samples"], payload.samples, strict=True):
+            if sample.extra and _has_nonfinite(sample.extra):
+                wire["extra"] = to_jsonable_python(sample.extra, inf_nan_mode="constants")
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_nonfinite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nonfinite(v) for v in value)
+    return False
 
 
 def params_of(**values: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,6 +24,11 @@ from pydantic import (
 
 __all__ = [
     "CANONICAL_STEP_METRICS",
+    "MAX_INT",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_STRING_CHARS",
+    "MAX_JSON_VALUES",
+    "MAX_METRICS",
     "AckStatus",
     "Algorithm",
     "AuditRead",
@@ -47,6 +53,7 @@ __all__ = [
     "Run",
     "RunCreate",
     "RunStatus",
+    "RunStatusUpdate",
     "SampleRead",
     "SampleStats",
     "Severity",
@@ -91,6 +98,94 @@ Metric = Annotated[
     ),
 ]
 
+# Limits on what one request may carry: anything past them is refused with a 422 naming the
+# field before it reaches the detectors or the database.
+MAX_INT = 2**62
+"""Integers on the wire (steps, ids, counts) stay within ±2**62: bigint columns never overflow."""
+MAX_JSON_DEPTH = 32
+"""Free JSON (`config`, `extra`, command `params`, a policy) nests at most this deep."""
+MAX_JSON_STRING_CHARS = 65_536
+"""A string (or object key) in free JSON is at most this long."""
+MAX_JSON_VALUES = 100_000
+"""A free JSON field holds at most this many values (scalars, arrays and objects together)."""
+MAX_METRICS = 4_096
+"""A step report carries at most this many metrics."""
+
+
+def _json_problem(value: Any, depth: int, path: str, budget: list[int]) -> str | None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        return f"more than {MAX_JSON_VALUES} values"
+    if isinstance(value, dict | list):
+        if depth >= MAX_JSON_DEPTH:
+            return f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and len(key) > MAX_JSON_STRING_CHARS:
+                return f"{path or 'value'}: a key is longer than {MAX_JSON_STRING_CHARS} characters"
+            problem = _json_problem(item, depth + 1, f"{path}.{key}" if path else str(key), budget)
+            if problem is not None:
+                return problem
+    elif isinstance(value, str):
+        if len(value) > MAX_JSON_STRING_CHARS:
+            return f"{path}: a string longer than {MAX_JSON_STRING_CHARS} characters"
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if abs(value) > MAX_INT:
+            return f"{path}: an integer beyond ±2**62"
+    elif isinstance(value, float) and not math.isfinite(value):
+        budget[1] = 1  # non-finite: rewritten as a string (JSON, and PostgreSQL's jsonb, lack it)
+    return None
+
+
+def _nonfinite_as_strings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nonfinite_as_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nonfinite_as_strings(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return _dump_number(value)
+    return value
+
+
+def _flat_and_within_limits(value: dict[str, Any]) -> bool:
+    """The common case (a sample's `extra`: a few finite numbers, flags, short strings), checked
+    in one cheap pass; anything else takes the full walk."""
+    if len(value) > MAX_JSON_VALUES:
+        return False
+    for key, item in value.items():
+        kind = type(item)
+        if kind is float:
+            if not -math.inf < item < math.inf:  # False for NaN too
+                return False
+        elif kind is str:
+            if len(item) > MAX_JSON_STRING_CHARS:
+                return False
+        elif kind is int:
+            if not -MAX_INT <= item <= MAX_INT:
+                return False
+        elif kind is not bool and item is not None:
+            return False
+        if len(key) > MAX_JSON_STRING_CHARS:
+            return False
+    return True
+
+
+def bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Free JSON within the limits above, or a ValueError naming where it breaks them.
+    NaN and ±inf inside it become the strings "NaN", "Infinity", "-Infinity"."""
+    if value and not _flat_and_within_limits(value):
+        budget = [MAX_JSON_VALUES + 1, 0]
+        problem = _json_problem(value, 0, "", budget)
+        if problem is not None:
+            raise ValueError(problem)
+        if budget[1]:
+            return _nonfinite_as_strings(value)  # type: ignore[no-any-return]
+    return value
+
+
+FreeJSON = Annotated[dict[str, Any], AfterValidator(bounded_json)]
 _Id = Annotated[str, Field(min_length=1, max_length=200)]
 _Name = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -184,7 +279,7 @@ class AckStatus(StrEnum):
 class ModelInfo(_Schema):
     name: _Name
     """Model name or path, e.g. `Qwen/Qwen2.5-0.5B` or `builtin-tiny`."""
-    parameter_count: int | None = Field(default=None, ge=0)
+    parameter_count: int | None = Field(default=None, ge=0, le=MAX_INT)
     """Number of parameters, when known."""
     moe: bool = False
     """True for mixture-of-experts models: they start on GSPO unless told otherwise."""
@@ -199,12 +294,22 @@ class RunCreate(_Schema):
     """Algorithm the run starts with."""
     model: ModelInfo
     """The policy model."""
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: FreeJSON = Field(default_factory=dict)
     """Free trainer configuration, stored as given."""
     world_size: int = Field(default=1, ge=1, le=100_000)
     """Number of training processes."""
     verifiable_rewards: bool = True
     """True when rewards come from a verifier rather than a learned reward model."""
+    automation: AutomationMode = AutomationMode.auto
+    """Automation mode to start in: `auto`, `approve` or `observe` (operators may change it)."""
+
+
+class RunStatusUpdate(_Schema):
+    status: Literal["finished", "stopped", "failed"]
+    """How the run ended: `finished` (its step budget), `stopped` (a `stop` command or a user),
+    `failed` (an error in the trainer)."""
+    detail: str | None = Field(default=None, max_length=2000)
+    """Free words on why (e.g. the stop reason)."""
 
 
 class Run(_ReadSchema):
@@ -262,19 +367,19 @@ class SampleStats(_Schema):
     """Mean per-token entropy of the policy on the response."""
     repetition: float | None = Field(default=None, ge=0.0, le=1.0)
     """Share of repeated n-grams in the response, 0..1."""
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: FreeJSON = Field(default_factory=dict)
     """Free per-sample fields (reward parts, EOS seen, ...)."""
 
 
 class StepReport(_Schema):
-    step: int = Field(ge=0, le=2**62)
+    step: int = Field(ge=0, le=MAX_INT)
     """Training step, from 0."""
     phase: Phase
     """`rollout`: before the update, answered with a filter verdict; `update`: after it."""
     algorithm: Algorithm
     """Algorithm in force for this step."""
     metrics: dict[Annotated[str, Field(min_length=1, max_length=200)], Metric] = Field(
-        default_factory=dict
+        default_factory=dict, max_length=MAX_METRICS
     )
     """Step metrics, name → number (NaN/±inf allowed). Canonical names: see DESIGN §3."""
     samples: list[SampleStats] = Field(default_factory=list)
@@ -427,9 +532,9 @@ class FindingAck(_Schema):
 class CommandCreate(_Schema):
     kind: CommandKind
     """What to do."""
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: FreeJSON = Field(default_factory=dict)
     """Parameters of the kind."""
-    effective_step: int | None = Field(default=None, ge=0)
+    effective_step: int | None = Field(default=None, ge=0, le=MAX_INT)
     """First step at which it applies; none: the next step boundary."""
     reason: str | None = Field(default=None, max_length=2000)
     """Why the operator issued it."""
@@ -438,7 +543,7 @@ class CommandCreate(_Schema):
 class CommandAck(_Schema):
     status: AckStatus
     """applied, rejected or failed."""
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=MAX_INT)
     """Step at which the trainer acted."""
     detail: str | None = Field(default=None, max_length=4000)
     """What happened, in words."""

@@ -5,8 +5,9 @@ bounded detector and policy state, evaluates the report, lets the policy decide,
 automation mode, and writes the state back. The same function drives live ingest and
 `rlkeel backtest`, so a replay gives what the live run gave.
 
-State is cached in-process by (run, version): the row's version is read under the run lock,
-so two server processes never act on stale state; a mismatch reloads from the database.
+State is cached in-process by (run, version) (`StateCache`): the stored version is read under
+the run lock and the cache is used only when it matches, so several server processes on one
+database never act on stale state; a mismatch reloads the blob from the database.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from __future__ import annotations
 import pickle
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from rlkeel.client.schemas import Algorithm, Phase, StepReport
+from rlkeel.server.api.errors import ServiceUnavailable
 from rlkeel.server.db.base import utcnow
 from rlkeel.server.db.models import DetectorState, FindingRecord, Run
 from rlkeel.server.detectors import (
@@ -95,20 +98,25 @@ class RunAnalysisState:
 
 
 class StateCache:
-    """Recently used runs' states, valid only while their stored version matches."""
+    """Recently used runs' states, each valid only for the stored version it was saved as.
+
+    Several server processes share one database, each with its own cache, so an entry is
+    only a shortcut for "decode the blob of this version": `take` hands it out only when the
+    stored version (read under the run lock) matches, and removes it, because the caller
+    mutates the state; `put` happens only after the transaction that stored that version
+    committed (`save_state` arranges it). A rolled-back or failed transaction therefore
+    never leaves a state in the cache that the database does not hold.
+    """
 
     def __init__(self, max_runs: int = 512) -> None:
         self.max_runs = max_runs
         self._items: OrderedDict[str, tuple[int, RunAnalysisState]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, run_id: str, version: int) -> RunAnalysisState | None:
+    def take(self, run_id: str, version: int) -> RunAnalysisState | None:
         with self._lock:
-            item = self._items.get(run_id)
-            if item is None or item[0] != version:
-                return None
-            self._items.move_to_end(run_id)
-            return item[1]
+            item = self._items.pop(run_id, None)
+        return item[1] if item is not None and item[0] == version else None
 
     def put(self, run_id: str, version: int, state: RunAnalysisState) -> None:
         with self._lock:
@@ -122,43 +130,97 @@ class StateCache:
             self._items.pop(run_id, None)
 
 
+@dataclass(frozen=True)
+class Prefetched:
+    """What ingest read for analysis in its one look-up after taking the run lock."""
+
+    version: int | None
+    """The stored state's version (None: no state stored yet)."""
+    any_snoozed: bool
+    """Whether any finding of the run is snoozed now (only then are they read)."""
+
+
 def load_state(
-    session: Session, run_id: str, cache: StateCache | None
-) -> tuple[RunAnalysisState, DetectorState | None]:
-    row = session.get(DetectorState, run_id)
-    if row is None:
+    session: Session, run_id: str, cache: StateCache | None, *, version: int | None | object = ...
+) -> tuple[RunAnalysisState, int | None]:
+    """The run's state and its stored version (None: none stored yet). Call with the run row
+    locked; pass `version` when it was read already (after the lock). A cache hit reads
+    only the version, not the blob."""
+    if version is ...:
+        version = session.scalar(
+            select(DetectorState.version).where(DetectorState.run_id == run_id)
+        )
+    if version is None:
         return RunAnalysisState.new(), None
-    cached = cache.get(run_id, row.version) if cache is not None else None
+    assert isinstance(version, int)
+    cached = cache.take(run_id, version) if cache is not None else None
     if cached is not None:
-        return cached, row
-    return RunAnalysisState.from_dict(pickle.loads(row.blob)), row  # noqa: S301 - our own rows
+        return cached, version
+    blob = session.scalar(select(DetectorState.blob).where(DetectorState.run_id == run_id))
+    return RunAnalysisState.from_dict(pickle.loads(blob)), version  # noqa: S301 - our own rows
+
+
+class StaleState(ServiceUnavailable):
+    """The stored state moved under us (it cannot while the run row is locked): retry."""
 
 
 def save_state(
-    session: Session, run_id: str, state: RunAnalysisState, row: DetectorState | None,
+    session: Session, run_id: str, state: RunAnalysisState, version: int | None,
     cache: StateCache | None,
 ) -> None:  # fmt: skip
+    """Store the state as version + 1, if the stored version is still `version`; cache it
+    once the transaction commits."""
     data = pickle.dumps(state.to_dict(), protocol=5)
-    if row is None:
-        row = DetectorState(run_id=run_id, blob=data, version=1)
-        session.add(row)
+    if version is None:
+        session.execute(insert(DetectorState).values(run_id=run_id, blob=data, version=1,
+                                                     updated_at=utcnow()))  # fmt: skip
+        new_version = 1
     else:
-        row.blob = data
-        row.version += 1
-        row.updated_at = utcnow()
+        new_version = version + 1
+        done = session.execute(
+            update(DetectorState)
+            .where(DetectorState.run_id == run_id, DetectorState.version == version)
+            .values(blob=data, version=new_version, updated_at=utcnow())
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise StaleState(f"detector state of run {run_id} changed concurrently; retry")
     if cache is not None:
-        # Cached now, valid once this transaction commits; on rollback the version in the
-        # database stays behind and the next load misses the cache and reloads.
-        cache.put(run_id, row.version, state)
+        _after_commit(session, lambda: cache.put(run_id, new_version, state))
+
+
+def _after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` once this session's transaction commits; forget it on rollback."""
+    pending: list[Callable[[], None]] = session.info.setdefault(_PENDING, [])
+    if not pending and not session.info.get(_HOOKED):
+        session.info[_HOOKED] = True
+
+        def commit(s: Session) -> None:
+            for act in s.info.pop(_PENDING, []):
+                act()
+
+        event.listen(session, "after_commit", commit)
+        event.listen(session, "after_rollback", lambda s: s.info.pop(_PENDING, None))
+    pending.append(action)
+
+
+_PENDING, _HOOKED = "rlkeel.after_commit", "rlkeel.after_commit.hooked"
+
+
+def _snoozed_now(run_id: str) -> Any:
+    return (FindingRecord.run_id == run_id, FindingRecord.status == "snoozed",
+            FindingRecord.snoozed_until > utcnow())  # fmt: skip
 
 
 def snoozed_detectors(session: Session, run_id: str) -> set[str]:
-    stmt = select(FindingRecord.detector).where(
-        FindingRecord.run_id == run_id,
-        FindingRecord.status == "snoozed",
-        FindingRecord.snoozed_until > utcnow(),
-    )
-    return set(session.scalars(stmt))
+    return set(session.scalars(select(FindingRecord.detector).where(*_snoozed_now(run_id))))
+
+
+def prefetch_columns(run_id: str) -> tuple[Any, Any]:
+    """Scalar subqueries for `Prefetched` (state version, snoozed-finding count), to read in
+    the same statement as other look-ups."""
+    version = select(DetectorState.version).where(DetectorState.run_id == run_id)
+    snoozed = select(func.count()).select_from(FindingRecord).where(*_snoozed_now(run_id))
+    return version.scalar_subquery(), snoozed.scalar_subquery()
 
 
 def evaluate(
@@ -185,8 +247,13 @@ def evaluate(
         }
     info = RunInfo(algorithm=Algorithm(report.algorithm), moe=run.model_moe,
                    verifiable_rewards=run.verifiable_rewards)  # fmt: skip
+    metrics = dict(report.metrics)
+    if report.phase is Phase.update and state.detectors.rollout_step == report.step:
+        metrics = {**state.detectors.rollout_metrics, **metrics}
+    sample_info = ({s.sample_id: (s.advantage, s.length) for s in report.samples}
+                   if flags else None)  # fmt: skip
     decision = decide(state.policy, info, report.step, report.phase, found, flags, policy,
-                      batch_size=len(report.samples))  # fmt: skip
+                      batch_size=len(report.samples), metrics=metrics, samples=sample_info)  # fmt: skip
     result = Analysis(
         flags={sid: list(rs) for sid, rs in flags.items()},
         findings=[NewFinding(detector=f.detector, severity=f.severity.value, metric=f.metric,
@@ -198,6 +265,7 @@ def evaluate(
         return result  # findings only: nothing dropped, skipped or commanded
     result.drop = {sid: list(reasons) for sid, reasons in decision.drop}
     result.skip_step = decision.skip_step
+    result.weights = decision.weights
     result.commands = [NewCommand(kind=c.kind.value, params=dict(c.params), reason_text=c.reason_text,
                                   finding_indexes=list(c.finding_indexes))
                        for c in decision.commands]  # fmt: skip
@@ -205,10 +273,15 @@ def evaluate(
 
 
 def analyse(
-    session: Session, run: Run, report: StepReport, *, cache: StateCache | None = None
-) -> Analysis:
-    state, row = load_state(session, run.id, cache)
-    result = evaluate(state, run, report, effective_policy(run),
-                      muted=snoozed_detectors(session, run.id))  # fmt: skip
-    save_state(session, run.id, state, row, cache)
+    session: Session, run: Run, report: StepReport, *, cache: StateCache | None = None,
+    prefetched: Prefetched | None = None,
+) -> Analysis:  # fmt: skip
+    if prefetched is None:
+        state, version = load_state(session, run.id, cache)
+        muted = snoozed_detectors(session, run.id)
+    else:
+        state, version = load_state(session, run.id, cache, version=prefetched.version)
+        muted = snoozed_detectors(session, run.id) if prefetched.any_snoozed else set()
+    result = evaluate(state, run, report, effective_policy(run), muted=muted)
+    save_state(session, run.id, state, version, cache)
     return result

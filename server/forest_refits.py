@@ -1,18 +1,25 @@
 """IsolationForest refits off the request path, yet deterministic.
 
 When a rollout report makes a refit due, the request only *snapshots* the reservoir (rows and
-seed) into the run's state and hands the fit to a background worker. The new model takes
-over `ACTIVATION_DELAY` rollout reports later: by then the worker has long finished (a fit
-is ~0.1 s, a report ~1 s apart) and the model is taken from the cache; if it somehow has not,
-that request fits it itself, and says so in the log. Which model scores which report thus
+seed) into the run's state and hands the fit to a background worker process. The new model takes
+over `ACTIVATION_DELAY` rollout reports later: by then the worker has usually finished (a fit
+is ~0.3 s, reports of a real run ~1 s apart) and the model is taken from the cache; if not,
+that request waits for the worker, or fits it itself if the worker failed, and logs it. Which model scores which report thus
 depends only on the reports, never on timing: a restarted server and `rlkeel backtest` make
 exactly the same decisions as the live run.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +29,7 @@ from rlkeel.server.policy import PolicyConfig
 
 log = logging.getLogger("rlkeel.server.forest")
 
-ACTIVATION_DELAY = 3
+ACTIVATION_DELAY = 8
 """Rollout reports between the snapshot of a refit and the moment its model takes over."""
 
 
@@ -49,10 +56,14 @@ class PendingFit:
 
 
 def fit_into_cache(job: PendingFit) -> None:
-    """The background half: fit and cache by digest (idempotent)."""
+    """Fit and cache by digest (idempotent); in this process."""
     key = job.key
     if key not in forest_mod._CACHE:
         forest_mod._fit(job.rows, job.seed, job.n_estimators, key)
+
+
+_IN_FLIGHT: dict[str, Future[forest_mod.CompiledForest]] = {}
+"""Fits submitted to the worker process and not yet cached, by digest."""
 
 
 def activate_if_due(
@@ -63,6 +74,13 @@ def activate_if_due(
         return pending
     key = pending.key
     model = forest_mod._CACHE.get(key)
+    running = _IN_FLIGHT.get(key) if model is None else None
+    if running is not None:  # submitted, not finished: it is the quickest way to the model
+        try:
+            model = running.result(timeout=_WAIT_FOR_WORKER_S)
+            forest_mod.cache_model(key, model)
+        except Exception:  # noqa: BLE001 - fit it here instead
+            log.warning("forest refit worker did not deliver in time", exc_info=True)
     if model is None:
         log.warning("forest refit was not ready at activation; fitting on the request path")
         model = forest_mod._fit(pending.rows, pending.seed, pending.n_estimators, key)
@@ -86,21 +104,158 @@ def snapshot_if_due(
                       n_estimators=n_estimators, activate_at=rollouts + ACTIVATION_DELAY)  # fmt: skip
 
 
+_WAIT_FOR_WORKER_S = 10.0
+
+
 class Refitter:
-    """One background thread per server process that fits forests."""
+    """Hands fits to the worker process: one per server process, niced, shared by every app
+    in the process (tests make many), closed at exit.
+
+    A fit is ~0.3–0.5 s of CPU, half of it Python: in a thread it would hold the GIL against
+    the requests. The worker (`python -m rlkeel.server.forest_refits`, started with the first
+    rollout report) receives (rows, seed, n_estimators) and answers a `CompiledForest`, which
+    goes into this process's model cache by digest. If the worker dies, pending fits fail
+    (activation then fits on the request path) and the next fit starts a new worker.
+    """
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlkeel-forest")
+        self._closed = False
+
+    def warm(self) -> None:
+        """Start the worker process now (it takes ~2 s to import), not at the first fit."""
+        if not self._closed:
+            try:
+                _shared_worker()
+            except Exception:  # noqa: BLE001 - fits then happen at activation
+                log.exception("could not start the forest refit worker")
 
     def submit(self, job: PendingFit) -> None:
-        self._pool.submit(_safe_fit, job)
+        key = job.key
+        if self._closed or key in forest_mod._CACHE or key in _IN_FLIGHT:
+            return
+        try:
+            future = _shared_worker().submit(job)
+        except Exception:  # noqa: BLE001 - activation fits it on the request path
+            log.exception("could not hand a forest refit to the worker process")
+            return
+        _IN_FLIGHT[key] = future
+        future.add_done_callback(lambda f: _landed(key, f))
+
+    def wait_idle(self) -> None:
+        """Block until every submitted fit has finished (tests, benchmarks)."""
+        for future in list(_IN_FLIGHT.values()):
+            with contextlib.suppress(Exception):
+                future.result()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """No more fits from this app; the shared worker stops at exit (`_close_shared`)."""
+        self._closed = True
 
 
-def _safe_fit(job: PendingFit) -> None:
+_SHARED: list[_Worker] = []
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_worker() -> _Worker:
+    with _SHARED_LOCK:
+        if not _SHARED or not _SHARED[0].alive:
+            if _SHARED:
+                _SHARED.pop().close()
+            _SHARED.append(_Worker())
+        return _SHARED[0]
+
+
+@atexit.register
+def _close_shared() -> None:
+    with _SHARED_LOCK:
+        while _SHARED:
+            _SHARED.pop().close()
+
+
+class _Worker:
+    """One child process and the thread that reads its answers."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "rlkeel.server.forest_refits"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        self._pending: dict[int, Future[forest_mod.CompiledForest]] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self.alive = True
+        threading.Thread(target=self._read, name="rlkeel-forest-reader", daemon=True).start()
+
+    def submit(self, job: PendingFit) -> Future[forest_mod.CompiledForest]:
+        future: Future[forest_mod.CompiledForest] = Future()
+        with self._lock:
+            if not self.alive:
+                raise RuntimeError("the forest worker process has exited")
+            job_id, self._next_id = self._next_id, self._next_id + 1
+            self._pending[job_id] = future
+            assert self._proc.stdin is not None
+            pickle.dump((job_id, job.rows, job.seed, job.n_estimators), self._proc.stdin)
+            self._proc.stdin.flush()
+        return future
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        try:
+            while True:
+                job_id, ok, value = pickle.load(self._proc.stdout)  # noqa: S301 - our child
+                with self._lock:
+                    future = self._pending.pop(job_id)
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(RuntimeError(f"forest fit failed in the worker: {value}"))
+        except (EOFError, OSError, pickle.UnpicklingError):
+            pass
+        with self._lock:
+            self.alive = False
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.set_exception(RuntimeError("the forest worker process exited"))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()  # the worker exits at end of input
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+
+def _landed(key: str, future: Future[forest_mod.CompiledForest]) -> None:
     try:
-        fit_into_cache(job)
-    except Exception:  # noqa: BLE001 - the request path fits it itself if this failed
-        log.exception("background forest refit failed")
+        if future.exception() is None:
+            forest_mod.cache_model(key, future.result())
+        else:
+            log.error("background forest refit failed: %s", future.exception())
+    finally:
+        _IN_FLIGHT.pop(key, None)
+
+
+def _worker_main() -> None:
+    """The worker process: fit jobs from stdin, compiled forests to stdout, until EOF."""
+    with contextlib.suppress(OSError):
+        os.nice(10)  # fits yield the CPU to requests
+    # Answers go to a private copy of stdout; anything else printed goes to stderr.
+    source, sink = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    while True:
+        try:
+            job_id, rows, seed, n_estimators = pickle.load(source)  # noqa: S301 - our parent
+        except EOFError:
+            return
+        try:
+            answer = (job_id, True, forest_mod.fit_forest(rows, seed, n_estimators))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            answer = (job_id, False, repr(exc))
+        pickle.dump(answer, sink)
+        sink.flush()
+
+
+if __name__ == "__main__":
+    _worker_main()

@@ -7,11 +7,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from rlkeel.client.schemas import MAX_INT
 from rlkeel.server.api.errors import Forbidden, Unauthorized
 from rlkeel.server.auth import Role, hash_token, verify_token
 from rlkeel.server.settings import Settings
@@ -125,3 +126,10 @@ TrainerRole = Annotated[Principal, Depends(require(Role.trainer))]
 OperatorRole = Annotated[Principal, Depends(require(Role.operator))]
 TrainerOrOperator = Annotated[Principal, Depends(require(Role.trainer, Role.operator))]
 AdminRole = Annotated[Principal, Depends(require())]
+
+# Path parameters: bounded, so an id past bigint is a 422, never a database error.
+RunId = Annotated[str, Path(min_length=1, max_length=200, description="Run id")]
+CommandId = Annotated[int, Path(ge=1, le=MAX_INT, description="Command id")]
+FindingId = Annotated[int, Path(ge=1, le=MAX_INT, description="Finding id")]
+WebhookId = Annotated[int, Path(ge=1, le=MAX_INT, description="Webhook subscription id")]
+DeliveryId = Annotated[int, Path(ge=1, le=MAX_INT, description="Delivery id")]

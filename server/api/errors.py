@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -93,7 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        fields = [_field_path(e.get("loc", ())) for e in errors]
+        # A body that is not JSON at all is about the body, not position N within it.
+        fields = ["body" if e.get("type") == "json_invalid" else _field_path(e.get("loc", ()))
+                  for e in errors]  # fmt: skip
         first = errors[0] if errors else {}
         where = fields[0] if fields else "body"
         detail = f"{where}: {first.get('msg', 'invalid value')}"
@@ -103,8 +105,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's only 400 is a body it cannot parse: a payload error like any other, so
+            # the same 422 the hand-parsed ingest path answers.
+            return envelope(422, "ValidationError", f"body: {exc.detail}", ["body"])
         name = _STATUS_NAMES.get(exc.status_code, "HTTPError")
-        fields = ["body"] if exc.status_code == 413 else []
+        fields = ["body"] if exc.status_code in (413, 422) else []
         return envelope(exc.status_code, name, str(exc.detail), fields)
 
     @app.exception_handler(OperationalError)
@@ -113,6 +119,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database unavailable: %s", type(exc).__name__)
         _count_db_error(app)
         return envelope(503, "ServiceUnavailable", "the database is unavailable; retry later")
+
+    @app.exception_handler(DataError)
+    async def _bad_data(_: Request, exc: DataError) -> JSONResponse:
+        # SQLSTATE class 22 (data exception): a value the database cannot hold (an integer out
+        # of range, a NUL byte, bad text). The input's fault, so 422, never a 500; the checks
+        # in the schemas catch these first, this is the net under them.
+        log.warning("database refused a value: %s", type(exc.orig).__name__)
+        return envelope(422, "ValidationError", "a value is out of the range the store accepts")
 
     @app.exception_handler(DBAPIError)
     async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:

@@ -10,12 +10,18 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers."""
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers (on the event loop: never queued behind busy requests)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+_READY = {"description": "Ready: the database answers", "content": {"application/json": {
+    "schema": {"type": "object", "properties": {"status": {"type": "string"},
+                                                "database": {"type": "string"}}}}}}
+_NOT_READY = {**_READY, "description": "Not ready: the database does not answer"}
+
+
+@router.get("/readyz", responses={200: _READY, 503: _NOT_READY})
 def readyz(request: Request) -> JSONResponse:
     """Readiness: the database answers a query (503 when it does not)."""
     try:

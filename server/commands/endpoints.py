@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from rlkeel.client.schemas import Command, CommandAck, CommandCreate, CommandDecision, CommandStatus
-from rlkeel.server.api.deps import OperatorRole, SessionDep, TrainerOrOperator, TrainerRole
+from rlkeel.server.api.deps import (
+    CommandId,
+    OperatorRole,
+    RunId,
+    SessionDep,
+    TrainerOrOperator,
+    TrainerRole,
+)
 from rlkeel.server.api.errors import Conflict
 from rlkeel.server.audit.service import record
 from rlkeel.server.commands import service
@@ -19,7 +26,7 @@ router = APIRouter(tags=["commands"])
 
 @router.get("/v1/runs/{run}/commands", response_model=list[Command])
 def list_commands(
-    run: str,
+    run: RunId,
     session: SessionDep,
     _: TrainerOrOperator,
     status: Annotated[list[CommandStatus] | None, Query(description="Only these statuses")] = None,
@@ -36,7 +43,7 @@ def list_commands(
 
 
 @router.post("/v1/commands/{id}/ack", response_model=Command)
-def ack_command(id: int, body: CommandAck, session: SessionDep, principal: TrainerRole) -> Command:
+def ack_command(id: CommandId, body: CommandAck, session: SessionDep, principal: TrainerRole) -> Command:
     """The trainer reports what it did with a command: applied, rejected or failed."""
     command = service.get(session, id, for_update=True)
     service.acknowledge(
@@ -52,7 +59,7 @@ def ack_command(id: int, body: CommandAck, session: SessionDep, principal: Train
 
 @router.post("/v1/runs/{run}/commands", response_model=Command, status_code=201)
 def issue_command(
-    run: str, body: CommandCreate, session: SessionDep, principal: OperatorRole
+    run: RunId, body: CommandCreate, session: SessionDep, principal: OperatorRole
 ) -> Command:
     """Issue a command by hand (an override): it goes out at the next verdict, whatever the mode."""
     record_ = get_run(session, run, for_update=True)
@@ -86,7 +93,8 @@ def _decide(command_id: int, to: str, body: CommandDecision | None, session: Ses
 
 @router.post("/v1/commands/{id}/approve", response_model=Command)
 def approve_command(
-    id: int, session: SessionDep, principal: OperatorRole, body: CommandDecision | None = None
+    id: CommandId, session: SessionDep, principal: OperatorRole,
+    body: CommandDecision | None = None,
 ) -> Command:
     """Approve a held command (approval mode): it goes out at the next verdict."""
     return _decide(id, "approved", body, session, principal)
@@ -94,7 +102,8 @@ def approve_command(
 
 @router.post("/v1/commands/{id}/reject", response_model=Command)
 def reject_command(
-    id: int, session: SessionDep, principal: OperatorRole, body: CommandDecision | None = None
+    id: CommandId, session: SessionDep, principal: OperatorRole,
+    body: CommandDecision | None = None,
 ) -> Command:
     """Refuse a held command: it never goes out."""
     return _decide(id, "refused", body, session, principal)

@@ -12,6 +12,8 @@ from rlkeel.client.schemas import Command, CommandStatus
 from rlkeel.server.api.errors import Conflict, NotFound
 from rlkeel.server.db.base import utcnow
 from rlkeel.server.db.models import CommandEvent, CommandRecord
+from rlkeel.server.webhooks import service as webhooks
+from rlkeel.server.webhooks.events import EventType
 
 # Allowed transitions (DESIGN §3): pending → delivered → applied|rejected|failed,
 # held → approved|refused, and anything still open → expired.
@@ -23,6 +25,8 @@ _TRANSITIONS: dict[str, frozenset[str]] = {
 }
 TERMINAL = frozenset({"applied", "rejected", "failed", "refused", "expired"})
 OPEN_FOR_DELIVERY = ("pending", "approved")
+_ACK_EVENTS = {"applied": EventType.command_applied, "failed": EventType.command_failed,
+               "rejected": EventType.command_rejected}  # fmt: skip
 
 
 def to_schema(c: CommandRecord) -> Command:
@@ -63,6 +67,7 @@ def issue(
     session.flush()
     session.add(CommandEvent(command_id=command.id, from_status=None, to_status=status,
                              actor=actor))  # fmt: skip
+    webhooks.announce_command(session, command, EventType.command_issued)
     return command
 
 
@@ -108,6 +113,8 @@ def acknowledge(
         return False
     transition(session, command, status, actor=actor, detail=detail)
     command.applied_step = step
+    if status in _ACK_EVENTS:
+        webhooks.announce_command(session, command, _ACK_EVENTS[status])
     return True
 
 

@@ -24,8 +24,9 @@ def make_engine(settings: Settings) -> Engine:
     if url.startswith("sqlite"):
         ensure_sqlite_directory(url)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
-        )
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True,
+            hide_parameters=True,
+        )  # fmt: skip
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
@@ -41,6 +42,9 @@ def make_engine(settings: Settings) -> Engine:
         max_overflow=settings.db_pool_size,
         pool_timeout=settings.db_connect_timeout_s,
         pool_pre_ping=True,
+        # Statement parameters (token hashes, sealed secrets, user data) never appear in
+        # exception messages, so never in a logged traceback.
+        hide_parameters=True,
     )
 
 

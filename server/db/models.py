@@ -201,8 +201,9 @@ class Webhook(Base):
     events: Mapped[list[str]] = mapped_column(JSONType, default=list)
     min_severity: Mapped[str] = mapped_column(String(16), default="warning")
     payload_format: Mapped[str] = mapped_column(String(16), default="rlkeel")
-    # Signing secrets (`whsec_...`); two are valid at once during a rotation. Never returned.
-    secrets: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # Signing secrets, Fernet-encrypted: [{"ciphertext", "expires_at"}], newest first; two are
+    # valid at once during a rotation. Never returned after creation.
+    secrets: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -228,6 +229,24 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per HTTP attempt of a delivery."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    # 'delivered', 'failed' (a retry is scheduled) or 'dead' (no more retries).
+    result: Mapped[str] = mapped_column(String(16))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(Float64)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AuditEntry(Base):

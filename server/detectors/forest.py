@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from sklearn.ensemble import IsolationForest
 from rlkeel.client.schemas import SampleStats
 
 if TYPE_CHECKING:
+    from rlkeel.server.detectors.samples import SampleColumns
     from rlkeel.server.detectors.state import RunDetectorState
     from rlkeel.server.policy.config import PolicyConfig
 
@@ -33,8 +35,9 @@ FEATURES = ("log_length", "abs_advantage", "kl", "log_ratio_max", "entropy", "re
             "truncated")  # fmt: skip
 RESERVOIR = 1024  # recent feature rows kept for the next refit
 ROWS_PER_REPORT = 128  # rows a report adds to the reservoir (evenly spaced), so it spans reports
-_CACHE: OrderedDict[str, IsolationForest] = OrderedDict()
+_CACHE: OrderedDict[str, CompiledForest] = OrderedDict()
 _CACHE_SIZE = 256
+_CACHE_LOCK = threading.Lock()
 
 
 def sample_features(s: SampleStats) -> list[float] | None:
@@ -53,7 +56,7 @@ class ForestState:
     fit_n_estimators: int = 100
     reports_since_fit: int = 0
     key: str | None = None
-    model: IsolationForest | None = None
+    model: CompiledForest | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": [list(r) for r in self.rows], "fit_rows": self.fit_rows,
@@ -81,22 +84,46 @@ def _digest(rows: list[list[float]], seed: int, n_estimators: int) -> str:
     return h.hexdigest()
 
 
-def _fit(rows: list[list[float]], seed: int, n_estimators: int, key: str) -> IsolationForest:
+def fit_forest(rows: list[list[float]], seed: int, n_estimators: int) -> CompiledForest:
+    """Fit the IsolationForest of (rows, seed) and compile it for scoring (pure, ~0.3 s)."""
     model = IsolationForest(n_estimators=n_estimators, max_samples=min(1024, len(rows)),
                             random_state=seed, n_jobs=1)  # fmt: skip
     model.fit(np.asarray(rows, dtype=np.float64))
-    _CACHE[key] = model
-    _CACHE.move_to_end(key)
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    return CompiledForest.from_model(model)
+
+
+def cache_model(key: str, model: CompiledForest) -> None:
+    with _CACHE_LOCK:  # request threads and the refit callback thread both write
+        _CACHE[key] = model
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+
+
+def _fit(rows: list[list[float]], seed: int, n_estimators: int, key: str) -> CompiledForest:
+    model = fit_forest(rows, seed, n_estimators)
+    cache_model(key, model)
     return model
 
 
-def add_rows(forest: ForestState, rows: list[list[float]]) -> None:
+def feature_matrix(cols: SampleColumns) -> tuple[np.ndarray, np.ndarray]:
+    """`sample_features` of every sample at once: (rows, index of each row's sample); samples
+    with a non-finite number in their row are left out."""
+    x = np.column_stack([
+        np.log1p(cols.length), np.abs(cols.advantage),
+        np.where(cols.has_kl, cols.kl, 0.0), np.where(cols.has_log_ratio_max, cols.log_ratio_max, 0.0),
+        np.where(cols.has_entropy, cols.entropy, 0.0), np.where(cols.has_repetition, cols.repetition, 0.0),
+        cols.truncated.astype(np.float64),
+    ])  # fmt: skip
+    where = np.flatnonzero(np.isfinite(x).all(axis=1))
+    return x[where], where
+
+
+def add_rows(forest: ForestState, rows: list[list[float]] | np.ndarray) -> None:
     if len(rows) > ROWS_PER_REPORT:
         idx = np.linspace(0, len(rows) - 1, ROWS_PER_REPORT).round().astype(int)
-        rows = [rows[i] for i in idx]
-    forest.rows.extend(rows)
+        rows = rows[idx] if isinstance(rows, np.ndarray) else [rows[i] for i in idx]
+    forest.rows.extend(rows.tolist() if isinstance(rows, np.ndarray) else rows)
     forest.reports_since_fit += 1
 
 
@@ -130,30 +157,96 @@ def refit_isolation_forest(state: RunDetectorState, cfg: PolicyConfig | None = N
     return True
 
 
-def anomaly_scores(forest: ForestState, rows: list[list[float]]) -> np.ndarray | None:
+def anomaly_scores(forest: ForestState, rows: list[list[float]] | np.ndarray) -> np.ndarray | None:
     """Anomaly score per row (0.5 ≈ normal, → 1 anomalous), or None before the first fit."""
-    if forest.model is None or not rows:
+    if forest.model is None or len(rows) == 0:
         return None
-    return fast_anomaly_scores(forest.model, np.asarray(rows, dtype=np.float64))
+    return forest.model.scores(np.asarray(rows, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class CompiledForest:
+    """A fitted IsolationForest as flat arrays, scored for all trees at once.
+
+    scikit-learn scores tree by tree (one Cython call and a few numpy passes per tree, ≈30 ms
+    for 100 trees × 1,024 rows on a loaded 2-core machine). Here every (tree, row) pair walks
+    down together, one level per numpy pass, so the cost is ~depth passes over trees × rows.
+    The arithmetic is scikit-learn's own (`_compute_score_samples`): the same float32 feature
+    values against the same float64 thresholds, per-tree path lengths added in tree order,
+    the same denominator. Scores are bit-identical (pinned by a test). Leaves point to
+    themselves, so extra passes past a shallow leaf change nothing.
+    """
+
+    feature: np.ndarray
+    """Per node, the column of the input it tests (0 at leaves)."""
+    threshold: np.ndarray
+    children: np.ndarray
+    """Per node, [left, right] flattened: child of node i is children[2 i + went_right]."""
+    leaf_value: np.ndarray
+    """Per node, depth + average path length below it − 1 (only leaves are ever read)."""
+    roots: np.ndarray
+    depth: int
+    denominator: np.ndarray
+    n_features: int
+
+    @classmethod
+    def from_model(cls, model: IsolationForest) -> CompiledForest:
+        from sklearn.ensemble._iforest import _average_path_length
+
+        features, thresholds, children, values, roots = [], [], [], [], []
+        offset, depth = 0, 0
+        for tree, cols, d, a in zip(model.estimators_, model.estimators_features_,
+                                    model._decision_path_lengths,
+                                    model._average_path_length_per_tree, strict=True):  # fmt: skip
+            t = tree.tree_
+            n = t.node_count
+            leaf = t.children_left == -1
+            own = np.arange(n, dtype=np.int64) + offset
+            left = np.where(leaf, own, t.children_left + offset)
+            right = np.where(leaf, own, t.children_right + offset)
+            features.append(np.where(leaf, 0, np.asarray(cols)[np.maximum(t.feature, 0)]))
+            thresholds.append(np.where(leaf, 0.0, t.threshold))
+            children.append(np.stack([left, right], axis=1).ravel())
+            values.append(d + a - 1.0)
+            roots.append(offset)
+            offset += n
+            depth = max(depth, int(t.max_depth))
+        denominator = len(model.estimators_) * _average_path_length([model.max_samples_])
+        return cls(feature=np.concatenate(features).astype(np.intp),
+                   threshold=np.concatenate(thresholds).astype(np.float64),
+                   children=np.concatenate(children).astype(np.intp),
+                   leaf_value=np.concatenate(values).astype(np.float64),
+                   roots=np.asarray(roots, dtype=np.intp), depth=depth,
+                   denominator=np.asarray(denominator, dtype=np.float64),
+                   n_features=int(model.n_features_in_))  # fmt: skip
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Anomaly score per row of x: `-score_samples(x)` of the source model."""
+        n, n_trees = x.shape[0], len(self.roots)
+        # scikit-learn's trees compare float32 inputs (widened) with float64 thresholds.
+        flat = np.ascontiguousarray(x, dtype=np.float32).astype(np.float64).ravel()
+        leaf_values = np.empty(n_trees * n, dtype=np.float64)
+        row_base = np.arange(n, dtype=np.intp) * self.n_features
+        # Trees in blocks, so the working arrays stay in the CPU cache (≈1.5× faster).
+        for first in range(0, n_trees, _TREE_BLOCK):
+            roots = self.roots[first : first + _TREE_BLOCK]
+            rows = np.tile(row_base, len(roots))
+            nodes = np.repeat(roots, n)
+            for _ in range(self.depth):
+                right = flat.take(rows + self.feature.take(nodes)) > self.threshold.take(nodes)
+                nodes *= 2
+                nodes += right
+                nodes = self.children.take(nodes)
+            leaf_values[first * n : (first + len(roots)) * n] = self.leaf_value.take(nodes)
+        depths = np.zeros(n, dtype=np.float64)
+        for per_tree in leaf_values.reshape(n_trees, n):  # tree order, as scikit-learn adds
+            depths += per_tree
+        return np.asarray(2.0 ** (-depths / self.denominator), dtype=np.float64)
+
+
+_TREE_BLOCK = 16
 
 
 def fast_anomaly_scores(model: IsolationForest, x: np.ndarray) -> np.ndarray:
-    """`-model.score_samples(x)` without joblib's per-tree dispatch (≈20× faster on a batch).
-
-    Same arithmetic as scikit-learn's `_compute_score_samples`; falls back to the public
-    method when the fitted attributes it reads are absent (other scikit-learn versions).
-    """
-    try:
-        lengths = model._decision_path_lengths
-        per_tree = model._average_path_length_per_tree
-        from sklearn.ensemble._iforest import _average_path_length
-    except (AttributeError, ImportError):  # pragma: no cover - version dependent
-        return -model.score_samples(x)
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    depths = np.zeros(x32.shape[0], dtype=np.float64)
-    for tree, feats, d, a in zip(model.estimators_, model.estimators_features_, lengths,
-                                 per_tree, strict=True):  # fmt: skip
-        leaves = tree.tree_.apply(np.ascontiguousarray(x32[:, feats]))
-        depths += d[leaves] + a[leaves] - 1.0
-    denom = len(model.estimators_) * _average_path_length([model.max_samples_])
-    return np.asarray(2.0 ** (-depths / denom), dtype=np.float64)
+    """`-model.score_samples(x)`, through `CompiledForest` (bit-identical)."""
+    return CompiledForest.from_model(model).scores(np.asarray(x, dtype=np.float64))

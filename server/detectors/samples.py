@@ -9,7 +9,7 @@ stream of identical alerts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,14 +19,15 @@ from rlkeel.client.schemas import SampleStats, StepReport
 from rlkeel.server.detectors import forest as forest_mod
 from rlkeel.server.detectors.findings import Finding
 from rlkeel.server.detectors.state import RunDetectorState
-from rlkeel.server.detectors.stats import finite, robust_center_scale
+from rlkeel.server.detectors.stats import robust_center_scale
 
 if TYPE_CHECKING:
     from rlkeel.server.policy.config import DetectorSettings, PolicyConfig
 
-__all__ = ["RolloutEvaluation", "evaluate_rollout"]
+__all__ = ["RolloutEvaluation", "SampleColumns", "evaluate_rollout"]
 
 HISTORY_PER_REPORT = 128  # values per metric a report adds to the history (evenly spaced)
+SHIFT_FRAC = 0.25  # more of a batch past a robust-z threshold than this is a shift, not outliers
 
 
 @dataclass
@@ -36,25 +37,79 @@ class RolloutEvaluation:
     """sample_id → detectors that flagged it, in catalogue order."""
 
 
-def _log_len(s: SampleStats) -> float | None:
-    return math.log1p(s.length)
+@dataclass(frozen=True)
+class SampleColumns:
+    """A report's samples as column arrays: the detectors work on these, not on per-sample
+    objects (one pass over the objects, then numpy). A missing optional number is NaN in its
+    column and False in its `has_*` mask; reward and advantage are always present."""
+
+    ids: list[str]
+    length: np.ndarray
+    truncated: np.ndarray
+    reward: np.ndarray
+    advantage: np.ndarray
+    kl: np.ndarray
+    log_ratio_max: np.ndarray
+    entropy: np.ndarray
+    repetition: np.ndarray
+    has_kl: np.ndarray
+    has_log_ratio_max: np.ndarray
+    has_entropy: np.ndarray
+    has_repetition: np.ndarray
+
+    @classmethod
+    def of(cls, samples: Sequence[SampleStats]) -> SampleColumns:
+        n = len(samples)
+
+        def optional(values: list[float | None]) -> tuple[np.ndarray, np.ndarray]:
+            if None not in values:  # the common case: one C-level conversion
+                return np.array(values, dtype=np.float64), np.ones(n, dtype=bool)
+            has = np.array([v is not None for v in values], dtype=bool)
+            return np.array([math.nan if v is None else v for v in values], np.float64), has
+
+        kl, has_kl = optional([x.kl for x in samples])
+        lr, has_lr = optional([x.log_ratio_max for x in samples])
+        ent, has_ent = optional([x.entropy for x in samples])
+        rep, has_rep = optional([x.repetition for x in samples])
+        return cls(ids=[x.sample_id for x in samples],
+                   length=np.array([x.length for x in samples], dtype=np.float64),
+                   truncated=np.array([x.truncated for x in samples], dtype=bool),
+                   reward=np.array([x.reward for x in samples], dtype=np.float64),
+                   advantage=np.array([x.advantage for x in samples], dtype=np.float64),
+                   kl=kl, log_ratio_max=lr, entropy=ent, repetition=rep, has_kl=has_kl,
+                   has_log_ratio_max=has_lr, has_entropy=has_ent, has_repetition=has_rep)  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pick(self, selector: np.ndarray) -> list[str]:
+        """Sample ids by a boolean mask or by an array of positions (in that order)."""
+        index = np.flatnonzero(selector) if selector.dtype == bool else selector
+        return [self.ids[i] for i in index.tolist()]
 
 
-def _log_kl(s: SampleStats) -> float | None:
-    return math.log(max(s.kl, 0.0) + 1e-4) if finite(s.kl) else None  # type: ignore[arg-type]
+# The robust-z transforms, column-wise: (values, usable mask). `with np.errstate`: NaN and
+# ±inf pass through the arithmetic and are masked out.
+def _log_len(c: SampleColumns) -> tuple[np.ndarray, np.ndarray]:
+    return np.log1p(c.length), np.ones(len(c), dtype=bool)
 
 
-def _abs_adv(s: SampleStats) -> float | None:
-    return abs(s.advantage) if finite(s.advantage) else None
+def _log_kl(c: SampleColumns) -> tuple[np.ndarray, np.ndarray]:
+    return np.log(np.maximum(c.kl, 0.0) + 1e-4), np.isfinite(c.kl)
 
 
-def _log_ratio(s: SampleStats) -> float | None:
-    v = s.log_ratio_max
-    return math.log(abs(v) + 1e-3) if finite(v) else None  # type: ignore[arg-type]
+def _abs_adv(c: SampleColumns) -> tuple[np.ndarray, np.ndarray]:
+    return np.abs(c.advantage), np.isfinite(c.advantage)
 
 
-# detector, metric name in findings, transform (None: the sample has no usable value)
-_Z_DETECTORS: tuple[tuple[str, str, Callable[[SampleStats], float | None]], ...] = (
+def _log_ratio(c: SampleColumns) -> tuple[np.ndarray, np.ndarray]:
+    return np.log(np.abs(c.log_ratio_max) + 1e-3), np.isfinite(c.log_ratio_max)
+
+
+# detector, metric name in findings, transform
+_Z_DETECTORS: tuple[
+    tuple[str, str, Callable[[SampleColumns], tuple[np.ndarray, np.ndarray]]], ...
+] = (
     ("sample_length_z", "length", _log_len),
     ("sample_kl_z", "kl", _log_kl),
     ("sample_advantage_z", "advantage", _abs_adv),
@@ -62,16 +117,20 @@ _Z_DETECTORS: tuple[tuple[str, str, Callable[[SampleStats], float | None]], ...]
 )
 
 
-def _nonfinite(s: SampleStats) -> bool:
-    vals = (s.reward, s.advantage, s.kl, s.log_ratio_max, s.entropy)
-    return any(v is not None and not math.isfinite(v) for v in vals)
+def _nonfinite(c: SampleColumns) -> np.ndarray:
+    """Samples with a NaN or ±inf among reward, advantage, kl, log_ratio_max, entropy."""
+    bad = ~np.isfinite(c.reward) | ~np.isfinite(c.advantage)
+    for col, has in ((c.kl, c.has_kl), (c.log_ratio_max, c.has_log_ratio_max),
+                     (c.entropy, c.has_entropy)):  # fmt: skip
+        bad |= has & ~np.isfinite(col)
+    return bad
 
 
-def _spaced(values: list[float], n: int) -> list[float]:
+def _spaced(values: np.ndarray, n: int) -> list[float]:
     if len(values) <= n:
-        return values
+        return values.tolist()
     idx = np.linspace(0, len(values) - 1, n).round().astype(int)
-    return [values[i] for i in idx]
+    return values[idx].tolist()
 
 
 class _Collector:
@@ -107,9 +166,23 @@ def evaluate_rollout(state: RunDetectorState, report: StepReport,
         return RolloutEvaluation()
     cfg = policy_cfg
 
+    cols = SampleColumns.of(samples)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        _evaluate_columns(state, cols, cfg, out)
+    order_of = {name: i for i, name in enumerate(_FLAG_ORDER)}
+    flags = {sid: sorted(r, key=order_of.__getitem__) for sid, r in out.flags.items()}
+    return RolloutEvaluation(out.findings, flags)
+
+
+_FLAG_ORDER = ("sample_nonfinite", *(n for n, _, _ in _Z_DETECTORS), "sample_repetition_loop",
+               "sample_grad_share", "sample_isolation_forest")  # fmt: skip
+
+
+def _evaluate_columns(state: RunDetectorState, cols: SampleColumns, cfg: PolicyConfig,
+                      out: _Collector) -> None:  # fmt: skip
     # Non-finite numbers poison the loss: always flagged.
     s = cfg.detector("sample_nonfinite")
-    bad = [x.sample_id for x in samples if _nonfinite(x)]
+    bad = cols.pick(_nonfinite(cols))
     if s.enabled:
         for sid in bad:
             out.flag(sid, "sample_nonfinite")
@@ -120,18 +193,30 @@ def evaluate_rollout(state: RunDetectorState, report: StepReport,
     # Robust z against the batch together with the run's recent samples.
     for name, metric, transform in _Z_DETECTORS:
         s = cfg.detector(name)
-        pairs = [(x.sample_id, v) for x in samples if (v := transform(x)) is not None]
-        if not pairs:
+        values, usable = transform(cols)
+        where = np.flatnonzero(usable)
+        if len(where) == 0:
             continue
         hist = state.history(name)
-        batch = np.fromiter((v for _, v in pairs), float, len(pairs))
-        hits: list[str] = []
+        batch = values[where]
+        keep = np.ones(len(where), dtype=bool)
+        learned = batch
         if s.enabled and len(hist) + len(batch) >= max(s.warmup, 2):
             base = np.concatenate([np.fromiter(hist, float, len(hist)), batch])
             med, scale = robust_center_scale(base, s.params["mad_floor"])
+            # The batch's own spread floors the scale: a history whose MAD is 0 (KL exactly 0
+            # for every sample at step 0) must not make the whole next batch "outliers".
+            scale = max(scale, robust_center_scale(batch, 0.0)[1])
             z = (batch - med) / scale
+            if np.count_nonzero(z > s.threshold) > SHIFT_FRAC * len(batch):
+                # A large part of the batch past the threshold is a shift of the whole run
+                # (a step detector's business) or a stale history, not outliers: judge the
+                # batch against itself.
+                med, scale = robust_center_scale(batch, s.params["mad_floor"])
+                z = (batch - med) / scale
             order = np.argsort(-z, kind="stable")
-            hits = [pairs[i][0] for i in order if z[i] > s.threshold]
+            hit_order = order[z[order] > s.threshold]
+            hits = cols.pick(where[hit_order])
             for sid in hits:
                 out.flag(sid, name)
             worst = float(z[order[0]])
@@ -139,14 +224,16 @@ def evaluate_rollout(state: RunDetectorState, report: StepReport,
                       threshold=s.threshold,
                       message=f"{len(hits)} sample(s) with robust z of {metric} above "
                               f"{s.threshold:g} (max z {worst:.1f})")  # fmt: skip
-        hit_set = set(hits)
-        hist.extend(_spaced([v for sid, v in pairs if sid not in hit_set], HISTORY_PER_REPORT))
+            # Flagged samples enter the history clipped at the threshold: a lone outlier
+            # barely moves the median, while a lasting shift of the whole run is learned
+            # (leaving flagged samples out kept a stale history flagging everything forever).
+            learned = np.minimum(batch, med + s.threshold * scale)
+        hist.extend(_spaced(learned, HISTORY_PER_REPORT))
 
     # Repetition loops: truncated and repetitive.
     s = cfg.detector("sample_repetition_loop")
     if s.enabled:
-        loops = [x.sample_id for x in samples
-                 if x.truncated and x.repetition is not None and x.repetition >= s.threshold]  # fmt: skip
+        loops = cols.pick(cols.truncated & cols.has_repetition & (cols.repetition >= s.threshold))
         for sid in loops:
             out.flag(sid, "sample_repetition_loop")
         out.gated("sample_repetition_loop", s, worst=1.0 if loops else 0.0, ids=loops,
@@ -155,17 +242,21 @@ def evaluate_rollout(state: RunDetectorState, report: StepReport,
                           f"{s.threshold:g}: looping")  # fmt: skip
 
     # Share of the gradient weight |A|·length: one long, high-advantage sample dominates a
-    # token-level loss. The cap never goes below min_multiple × the uniform share 1/N.
+    # token-level loss. Shares are over the samples that carry a gradient (A ≠ 0); the cap
+    # never goes below min_multiple × the uniform share 1/N, and only long samples (length ≥
+    # min_length_multiple × the batch median) are flagged: a short sample with a large |A| is
+    # a normal GRPO group with one success.
     s = cfg.detector("sample_grad_share")
-    good = [x for x in samples if finite(x.advantage)]
+    good = np.flatnonzero(np.isfinite(cols.advantage) & (cols.advantage != 0))
     if s.enabled and len(good) >= 2:
-        w = np.array([abs(x.advantage) * x.length for x in good], dtype=float)
+        w = np.abs(cols.advantage[good]) * cols.length[good]
         total = float(w.sum())
         if total > 0 and math.isfinite(total):
             share = w / total
             cap = max(s.threshold, s.params["min_multiple"] / len(good))
+            long_ = cols.length[good] >= s.params["min_length_multiple"] * np.median(cols.length)
             order = np.argsort(-share, kind="stable")
-            hits = [good[i].sample_id for i in order if share[i] > cap]
+            hits = cols.pick(good[order[(share[order] > cap) & long_[order]]])
             for sid in hits:
                 out.flag(sid, "sample_grad_share")
             worst = float(share[order[0]])
@@ -176,27 +267,26 @@ def evaluate_rollout(state: RunDetectorState, report: StepReport,
 
     # IsolationForest: score with the last fitted model only.
     s = cfg.detector("sample_isolation_forest")
-    feats = [(x.sample_id, r) for x in samples if (r := forest_mod.sample_features(x)) is not None]
-    hit_set = set()
-    if s.enabled and feats:
-        scores = forest_mod.anomaly_scores(state.forest, [r for _, r in feats])
+    rows, where = forest_mod.feature_matrix(cols)
+    keep = np.ones(len(where), dtype=bool)
+    if s.enabled and len(where):
+        scores = forest_mod.anomaly_scores(state.forest, rows)
         if scores is not None:
+            # Supporting evidence: past `threshold` the forest confirms a sample another
+            # detector flagged; alone it needs `solo_threshold` (a healthy batch always has
+            # a few samples the forest finds unusual).
+            seconded = np.array([sid in out.flags for sid in cols.pick(where)], dtype=bool)
+            passed = ((scores > s.threshold) & seconded) | (scores > s.params["solo_threshold"])
             order = np.argsort(-scores, kind="stable")
-            hits = [feats[i][0] for i in order if scores[i] > s.threshold]
-            hit_set = set(hits)
+            hit_order = order[passed[order]]
+            hits = cols.pick(where[hit_order])
+            keep[hit_order] = False
             for sid in hits:
                 out.flag(sid, "sample_isolation_forest")
-            worst = float(scores[order[0]])
-            out.gated("sample_isolation_forest", s, worst=worst, ids=hits, metric="features",
-                      baseline=0.5, threshold=s.threshold,
+            worst = float(scores[hit_order[0]]) if len(hit_order) else float(scores[order[0]])
+            out.gated("sample_isolation_forest", s, worst=worst if hits else 0.0, ids=hits,
+                      metric="features", baseline=0.5, threshold=s.threshold,
                       message=f"{len(hits)} sample(s) with IsolationForest anomaly score "
-                              f"above {s.threshold:g} (max {worst:.2f})")  # fmt: skip
-    forest_mod.add_rows(state.forest, [r for sid, r in feats if sid not in hit_set])
-
-    order_of = {name: i for i, name in enumerate(_FLAG_ORDER)}
-    flags = {sid: sorted(r, key=order_of.__getitem__) for sid, r in out.flags.items()}
-    return RolloutEvaluation(out.findings, flags)
-
-
-_FLAG_ORDER = ("sample_nonfinite", *(n for n, _, _ in _Z_DETECTORS), "sample_repetition_loop",
-               "sample_grad_share", "sample_isolation_forest")  # fmt: skip
+                              f"above {s.threshold:g} with another detector's flag, or "
+                              f"above {s.params['solo_threshold']:g} (max {worst:.2f})")  # fmt: skip
+    forest_mod.add_rows(state.forest, rows[keep])

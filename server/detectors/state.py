@@ -20,7 +20,7 @@ __all__ = ["SAMPLE_HISTORY", "STEP_WINDOW", "RunDetectorState"]
 
 SAMPLE_HISTORY = 1024
 STEP_WINDOW = 50
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _enc(x: float) -> float | str:
@@ -77,6 +77,10 @@ class RunDetectorState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunDetectorState:
+        if d.get("version") == 1:
+            # Version 1 had another CUSUM (EWMA reference) and spike baseline: start those
+            # afresh (they warm up again), keep everything else.
+            d = {**d, "version": STATE_VERSION, "cusums": {}, "windows": {}}
         if d.get("version") != STATE_VERSION:
             raise ValueError(f"detector state version {d.get('version')!r} is not "
                              f"{STATE_VERSION}")  # fmt: skip

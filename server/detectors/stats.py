@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = ["MAD_SCALE", "Cusum", "Gate", "finite", "robust_center_scale", "robust_window_stats",
-           "window_from"]
+           "spike_baseline", "window_from"]
 
 MAD_SCALE = 1.4826  # MAD → σ for a normal distribution
 
@@ -82,50 +82,88 @@ class Gate:
         return cls(seen=int(d["seen"]), armed=bool(d["armed"]), last_fired=d["last_fired"])
 
 
+def spike_baseline(window: Sequence[float], mad_floor: float,
+                   recent: int = 10) -> tuple[float, float]:  # fmt: skip
+    """(baseline, scale) of a spike detector's window of (log) values.
+
+    The baseline is the median of the `recent` last values, so a healthy trend (KL to the
+    reference rising through a run) does not read as a spike; the scale comes from the
+    successive differences of the whole window (σ ≈ 1.4826·median|Δx|/√2), which a trend or a
+    slow wander inflates far less than the window's own MAD would.
+    """
+    xs = list(window)
+    base = _median_sorted(sorted(xs[-recent:]))
+    diffs = sorted(abs(b - a) for a, b in zip(xs, xs[1:], strict=False))
+    scale = MAD_SCALE * _median_sorted(diffs) / math.sqrt(2.0) if diffs else 0.0
+    return base, max(scale, mad_floor)
+
+
 @dataclass
 class Cusum:
-    """One-sided CUSUM S_t = max(0, S_{t-1} + sign·(x − μ)/σ − k), capped.
+    """One-sided CUSUM of standardised one-step forecast errors, S_t = max(0, S_{t-1} + z_t − k).
 
-    μ is a slow EWMA of the signal; σ comes from the median absolute successive difference over
-    a fixed window (robust to the trend itself: σ ≈ 1.4826·median|Δx|/√2).
+    The forecast is Holt's linear smoothing (a level and a slope), so a run's steady healthy
+    course — entropy slowly falling, responses slowly growing — is predicted rather than
+    alarmed on: only a *change of course* makes errors of one sign pile up. σ is the robust
+    scale (1.4826 · median |error|) of the last `WINDOW` forecast errors made while S was 0, so
+    slow healthy wander is part of the noise but a drift under way does not widen σ. The level and slope learn from errors winsorised at ±`CLIP`·σ: noise
+    is followed, an event teaches the forecast only slowly and keeps accumulating. `k` is the
+    slack in σ per step: errors that stay under kσ never accumulate.
     """
 
     direction: int  # +1: watch increases, −1: watch decreases
     s: float = 0.0
-    mean: float | None = None
-    last: float | None = None
-    diffs: deque[float] | None = None
+    level: float | None = None
+    slope: float = 0.0
+    n: int = 0
+    errors: deque[float] | None = None
+    """|forecast error| of the last WINDOW values."""
 
-    ALPHA = 0.02
+    ALPHA = 0.2  # level smoothing (default)
+    BETA = 0.05  # slope smoothing
+    CLIP = 1.5
     WINDOW = 50
-    MIN_DIFFS = 20
+    MIN_ERRORS = 20
 
     def __post_init__(self) -> None:
-        if self.diffs is None:
-            self.diffs = deque(maxlen=self.WINDOW)
+        if self.errors is None:
+            self.errors = deque(maxlen=self.WINDOW)
 
-    def update(self, x: float, k: float, cap: float) -> tuple[float, float, float]:
-        """Add x; return (S, μ before the update, σ)."""
-        assert self.diffs is not None
-        if self.mean is None or self.last is None:
-            self.mean, self.last = x, x
+    def update(self, x: float, k: float, cap: float, *, warmup: int = 0, alpha: float = ALPHA,
+               max_slope: float = math.inf) -> tuple[float, float, float]:  # fmt: skip
+        """Add x; return (S, the forecast x was compared with, σ). S stays 0 while fewer than
+        `MIN_ERRORS` errors are known or during the first `warmup` values. The forecast follows
+        a trend of at most `max_slope` per step (0: a level only), so a steady move faster than
+        a healthy run's accumulates however gently it began."""
+        assert self.errors is not None
+        self.n += 1
+        if self.level is None:
+            self.level = x
             return 0.0, x, 0.0
-        self.diffs.append(abs(x - self.last))
-        sigma = MAD_SCALE * _median_sorted(sorted(self.diffs)) / math.sqrt(2.0)
-        sigma = max(sigma, 1e-6 * max(1.0, abs(self.mean)))
-        ref = self.mean
-        if len(self.diffs) >= self.MIN_DIFFS:  # σ from a handful of differences is too noisy
-            z = self.direction * (x - ref) / sigma
+        forecast = self.level + self.slope
+        err = x - forecast
+        sigma = MAD_SCALE * _median_sorted(sorted(self.errors)) if self.errors else 0.0
+        sigma = max(sigma, 1e-6 * max(1.0, abs(self.level)))
+        ready = len(self.errors) >= self.MIN_ERRORS
+        in_control = self.s == 0.0
+        if ready and self.n > warmup:
+            z = self.direction * err / sigma
             self.s = min(max(0.0, self.s + z - k), cap)
-        self.mean = (1.0 - self.ALPHA) * self.mean + self.ALPHA * x
-        self.last = x
-        return self.s, ref, sigma
+        if in_control or not ready:  # a drift under way must not widen its own yardstick
+            self.errors.append(abs(err))
+        learn = min(max(err, -self.CLIP * sigma), self.CLIP * sigma) if ready else err
+        level = forecast + alpha * learn
+        slope = (1.0 - self.BETA) * self.slope + self.BETA * (level - self.level)
+        self.slope = min(max(slope, -max_slope), max_slope)
+        self.level = level
+        return self.s, forecast, sigma
 
     def to_dict(self) -> dict[str, Any]:
-        return {"direction": self.direction, "s": self.s, "mean": self.mean, "last": self.last,
-                "diffs": list(self.diffs or ())}  # fmt: skip
+        return {"direction": self.direction, "s": self.s, "level": self.level,
+                "slope": self.slope, "n": self.n, "errors": list(self.errors or ())}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Cusum:
-        return cls(direction=int(d["direction"]), s=float(d["s"]), mean=d["mean"],
-                   last=d["last"], diffs=window_from(d["diffs"], cls.WINDOW))  # fmt: skip
+        return cls(direction=int(d["direction"]), s=float(d["s"]), level=d["level"],
+                   slope=float(d["slope"]), n=int(d["n"]),
+                   errors=window_from(d["errors"], cls.WINDOW))  # fmt: skip

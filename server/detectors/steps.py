@@ -1,8 +1,9 @@
 """Per-step detectors over the run's time series: spikes, drifts and hard rules.
 
-Spikes: robust z (median/MAD over the last 50 finite values) of the log of the metric — KL,
-grad norm, clip fraction and log-ratio are positive and heavy-tailed, and a ×k jump is the
-same event at any scale. Drifts: one-sided CUSUM (`stats.Cusum`). Hard rules compare with
+Spikes: robust z of the log of the metric against the median of the last 10 finite values,
+scaled by the successive differences of the last 50 — KL, grad norm, clip fraction and
+log-ratio are positive and heavy-tailed, and a ×k jump is the same event at any scale — and
+at least `min_ratio` × that median. Drifts: one-sided CUSUM (`stats.Cusum`). Hard rules compare with
 fixed bounds. Non-finite values never enter a window; only `nonfinite_step` looks at them.
 """
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from rlkeel.client.schemas import Algorithm, Severity, StepReport
 from rlkeel.server.detectors.findings import Finding
 from rlkeel.server.detectors.state import RunDetectorState
-from rlkeel.server.detectors.stats import finite, robust_window_stats
+from rlkeel.server.detectors.stats import finite, spike_baseline
 
 if TYPE_CHECKING:
     from rlkeel.server.policy.config import DetectorSettings, PolicyConfig
@@ -75,7 +76,7 @@ def evaluate_update(state: RunDetectorState, report: StepReport,
               baseline=None, threshold=s.threshold,
               message=f"non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)}")  # fmt: skip
 
-    # Spikes: robust z of log(x) over the window.
+    # Spikes: robust z of log(x) against the recent median, and a minimum ratio to it.
     for name, metric, floor in _SPIKES:
         x = finite_metric(metric)
         if x is None or x < 0:
@@ -85,11 +86,16 @@ def evaluate_update(state: RunDetectorState, report: StepReport,
         win = state.window(name)
         z, med = 0.0, y
         if len(win) >= 5:
-            med, scale = robust_window_stats(win, s.params["mad_floor"])
+            med, scale = spike_baseline(win, s.params["mad_floor"])
             z = (y - med) / scale
         base = math.exp(med) - floor
-        run.check(name, s, exceeded=z > s.threshold, rearmed=z < s.rearm, metric=metric,
-                  value=x, baseline=base, threshold=s.threshold,
+        # z alone fires on a ×1.3 wiggle of a very quiet series: a spike is also at least
+        # min_ratio × the recent level, and sudden — most of the rise happened since the last
+        # step (a noisy series that climbs for several steps is a drift, not a spike).
+        rise = y - med
+        big = rise >= math.log(s.params["min_ratio"]) and (not win or y - win[-1] >= 0.5 * rise)
+        run.check(name, s, exceeded=z > s.threshold and big, rearmed=z < s.rearm,
+                  metric=metric, value=x, baseline=base, threshold=s.threshold,
                   message=f"{metric} spiked to {x:.4g} (recent median {base:.4g}, "
                           f"robust z {z:.1f} > {s.threshold:g})")  # fmt: skip
         win.append(y)
@@ -101,7 +107,9 @@ def evaluate_update(state: RunDetectorState, report: StepReport,
             continue
         s = cfg.detector(name)
         y = math.log(x) if use_log else x
-        stat, ref, _ = state.cusum(name, direction).update(y, s.params["k"], 3 * s.threshold)
+        stat, ref, _ = state.cusum(name, direction).update(
+            y, s.params["k"], 3 * s.threshold, warmup=s.warmup, alpha=s.params["alpha"],
+            max_slope=s.params["max_slope"])
         base = math.exp(ref) if use_log else ref
         what = "rising" if direction > 0 else "falling"
         run.check(name, s, exceeded=stat > s.threshold, rearmed=stat < s.rearm, metric=metric,
@@ -127,13 +135,16 @@ def evaluate_update(state: RunDetectorState, report: StepReport,
     x = finite_metric("zero_std_group_frac")
     if x is not None:
         s = cfg.detector("zero_std_groups")
-        run.check("zero_std_groups", s, exceeded=x > s.threshold, rearmed=x < s.rearm,
+        n = _sustain(state, "zero_std_groups", below=x > s.threshold, reset=x < s.rearm)
+        sustain = int(s.params["sustain"])
+        run.check("zero_std_groups", s, exceeded=n >= sustain, rearmed=x < s.rearm,
                   metric="zero_std_group_frac", value=x, baseline=None, threshold=s.threshold,
-                  message=f"{x:.0%} of groups have equal rewards and give no gradient")  # fmt: skip
+                  message=f"{x:.0%} of groups have equal rewards and give no gradient "
+                          f"({n} steps above {s.threshold:.0%})")  # fmt: skip
     x = finite_metric("positive_frac")
     if x is not None:
         s = cfg.detector("low_positive_frac")
-        n = _sustain(state, "low_positive_frac", below=x < s.threshold, reset=x >= s.threshold)
+        n = _sustain(state, "low_positive_frac", below=x < s.threshold, reset=x >= s.rearm)
         sustain = int(s.params["sustain"])
         run.check("low_positive_frac", s, exceeded=n >= sustain, rearmed=x > s.rearm,
                   metric="positive_frac", value=x, baseline=None, threshold=s.threshold,
@@ -143,7 +154,7 @@ def evaluate_update(state: RunDetectorState, report: StepReport,
     if x is not None and report.algorithm == Algorithm.ppo:
         s = cfg.detector("critic_explained_variance")
         n = _sustain(state, "critic_explained_variance", below=x < s.threshold,
-                     reset=x >= s.threshold)  # fmt: skip
+                     reset=x >= s.rearm)  # fmt: skip
         sustain = int(s.params["sustain"])
         run.check("critic_explained_variance", s, exceeded=n >= sustain, rearmed=x > s.rearm,
                   metric="explained_variance", value=x, baseline=None, threshold=s.threshold,
@@ -168,6 +179,9 @@ def evaluate_update(state: RunDetectorState, report: StepReport,
 
 
 def _sustain(state: RunDetectorState, name: str, *, below: bool, reset: bool) -> int:
+    """Steps the signal has been past the threshold, with hysteresis: a step between the
+    threshold and the re-arm level holds the count (noise around the threshold must not
+    restart it); only a step back past the re-arm level resets it."""
     n = state.sustain.get(name, 0)
     n = n + 1 if below else (0 if reset else n)
     state.sustain[name] = min(n, 1_000_000)

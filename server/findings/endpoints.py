@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from rlkeel.client.schemas import Finding, FindingAck, FindingStatus, Severity
-from rlkeel.server.api.deps import AnyRole, OperatorRole, SessionDep
+from rlkeel.server.api.deps import AnyRole, FindingId, OperatorRole, RunId, SessionDep
 from rlkeel.server.api.errors import NotFound
 from rlkeel.server.audit.service import record
 from rlkeel.server.db.base import utcnow
@@ -32,7 +32,7 @@ def to_schema(f: FindingRecord) -> Finding:
 
 @router.get("/v1/runs/{run}/findings", response_model=list[Finding])
 def list_findings(
-    run: str,
+    run: RunId,
     session: SessionDep,
     _: AnyRole,
     severity: Annotated[Severity | None, Query(description="Only this severity")] = None,
@@ -54,7 +54,7 @@ def list_findings(
 
 @router.post("/v1/findings/{id}/ack", response_model=Finding)
 def ack_finding(
-    id: int, session: SessionDep, principal: OperatorRole, body: FindingAck | None = None
+    id: FindingId, session: SessionDep, principal: OperatorRole, body: FindingAck | None = None
 ) -> Finding:
     """Acknowledge a finding; with `snooze_seconds`, silence its detector for the run that long."""
     finding = session.scalars(

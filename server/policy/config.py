@@ -63,6 +63,9 @@ class PolicyConfig(_Cfg):
     """Per-detector settings; missing detectors and fields take their defaults."""
     max_drop_frac: float = Field(default=0.25, ge=0.0, le=1.0)
     """Never drop more than this share of a batch; past it, skip the step instead."""
+    keep_negative_outliers: bool = True
+    """Flagged samples with advantage ≤ 0 are kept, not dropped (their gradient pushes the
+    anomaly down; under token-level losses they are weighted to the median length)."""
     cooldowns: dict[CommandKind, int] = Field(default_factory=_default_cooldowns)
     """Steps (update reports) between two policy commands of one kind."""
     switch_window: int = Field(default=500, ge=1)
@@ -98,6 +101,49 @@ class PolicyConfig(_Cfg):
     """Rollbacks allowed; trouble after that many (within stop_window) stops the run."""
     stop_window: int = Field(default=500, ge=1)
     """Steps after a rollback during which new trouble stops the run."""
+    collapse_ratio: float = Field(default=0.6, gt=0.0, lt=1.0)
+    """Reward collapse: the mean reward_mean of the last `collapse_sustain` updates below this
+    share of its healthy baseline ..."""
+    collapse_sustain: int = Field(default=3, ge=1, le=1000)
+    """... (that many updates) ..."""
+    collapse_warmup: int = Field(default=10, ge=1, le=100_000)
+    """... once the baseline has seen this many healthy steps ..."""
+    collapse_evidence: list[str] = Field(
+        default_factory=lambda: ["kl_spike", "grad_norm_spike", "log_ratio_spike",
+                                 "clip_frac_spike", "clip_frac_range", "entropy_slide",
+                                 "entropy_floor", "nonfinite_step"])  # fmt: skip
+    """... and one of these findings, or KL to the reference above `collapse_kl_factor` × its
+    healthy level, before the fall or as it starts (the policy itself moved first: a reward
+    that falls before any such sign — e.g. rewards turned sparse — is not a collapse). A
+    collapse rolls back like `rollback_detectors` do."""
+    stale_detectors: list[str] = Field(
+        default_factory=lambda: ["log_ratio_spike", "clip_frac_spike"])
+    """Findings that say the samples were not the policy's own (stale rollouts): a reward that
+    falls with them is the data's fault, not a collapse to roll back."""
+    collapse_kl_factor: float = Field(default=4.0, gt=1.0, le=1e6)
+    """KL to the reference this many times its healthy EWMA counts as the policy moving ..."""
+    collapse_kl_min: float = Field(default=0.05, ge=0.0)
+    """... when it is also above this."""
+    rollback_grace: int = Field(default=5, ge=1, le=10_000)
+    """Update reports after a rollback on which nothing is judged (no new rollback or stop, no
+    healthy step): the trainer applies the rollback at a later step boundary, and until then
+    its reports still come from the broken weights."""
+    collapse_lr_factor: float = Field(default=0.1, gt=0.0, le=1.0)
+    """A reward collapse also scales the learning rate by this (1 = leave it): a policy that
+    moved this far in a few steps took steps too large, and the same lr would redo it."""
+    rollback_margin: int = Field(default=5, ge=0, le=1000)
+    """A collapse is seen late: roll back to a healthy step at least this many steps before
+    the reward first fell."""
+    length_detectors: list[str] = Field(
+        default_factory=lambda: ["length_growth", "truncation_rate"])
+    """Findings of a length explosion: they cap the response length (set_max_length)."""
+    max_length_factor: float = Field(default=2.0, gt=1.0, le=100.0)
+    """set_max_length caps responses at this multiple of the healthy mean length ..."""
+    min_max_length: int = Field(default=8, ge=1, le=1_000_000)
+    """... and never below this many tokens."""
+    positive_emphasis_warmup: int = Field(default=20, ge=0, le=100_000)
+    """low_positive_frac findings before this many update reports are ignored: a run that
+    starts with few successes is not yet one whose successes became rare."""
     ppo_critic_switch: bool = True
     """PPO runs with verifiable rewards switch to GRPO when the critic stays unhealthy."""
     healthy_max_severity: Severity = Severity.info
@@ -148,7 +194,8 @@ class PolicyConfig(_Cfg):
                 raise ValueError(f"detectors.{name}: rearm ({s.rearm}) must be {side} "
                                  f"threshold ({s.threshold}) for a detector that fires "
                                  f"{spec.direction} it")  # fmt: skip
-        for field_name in ("instability_detectors", "rollback_detectors"):
+        for field_name in ("instability_detectors", "rollback_detectors", "collapse_evidence",
+                           "length_detectors", "stale_detectors"):
             bad = sorted(set(getattr(self, field_name)) - set(_SPECS))
             if bad:
                 raise ValueError(f"{field_name}: unknown detector(s) {bad}; valid: "

@@ -6,8 +6,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
-from rlkeel.client.schemas import AutomationUpdate, Run, RunCreate, RunStatus
-from rlkeel.server.api.deps import AnyRole, OperatorRole, SessionDep, TrainerRole
+from rlkeel.client.schemas import (
+    AutomationUpdate,
+    FreeJSON,
+    Run,
+    RunCreate,
+    RunStatus,
+    RunStatusUpdate,
+)
+from rlkeel.server.api.deps import AnyRole, OperatorRole, RunId, SessionDep, TrainerRole
 from rlkeel.server.audit.service import record
 from rlkeel.server.runs import service
 from rlkeel.server.runs.policy import effective_policy, validate_policy
@@ -39,14 +46,14 @@ def list_runs(
 
 
 @router.get("/{run}", response_model=Run)
-def get_run(run: str, session: SessionDep, _: AnyRole) -> Run:
+def get_run(run: RunId, session: SessionDep, _: AnyRole) -> Run:
     """One run, with its current algorithm, automation mode and status."""
     return service.to_schema(service.get_run(session, run))
 
 
 @router.put("/{run}/automation", response_model=Run)
 def set_automation(
-    run: str, body: AutomationUpdate, session: SessionDep, principal: OperatorRole
+    run: RunId, body: AutomationUpdate, session: SessionDep, principal: OperatorRole
 ) -> Run:
     """Set the automation mode: `auto`, `approve` (commands held for an operator) or `observe`."""
     record_ = service.get_run(session, run, for_update=True)
@@ -58,18 +65,31 @@ def set_automation(
     return service.to_schema(record_)
 
 
+@router.put("/{run}/status", response_model=Run)
+def set_status(run: RunId, body: RunStatusUpdate, session: SessionDep, principal: TrainerRole) -> Run:
+    """Mark how the run ended (`finished`, `stopped`, `failed`); it then takes no more reports.
+    Setting the status it already has is a no-op; ending a run that ended otherwise is a 409."""
+    record_ = service.get_run(session, run, for_update=True)
+    before = {"status": record_.status}
+    if service.end_run(record_, body.status):
+        record(session, principal, action="run.status", target_type="run", target_id=run,
+               before=before, after={"status": record_.status, "detail": body.detail})  # fmt: skip
+    session.flush()
+    return service.to_schema(record_)
+
+
 @router.get("/{run}/policy", response_model=dict[str, Any])
-def get_policy(run: str, session: SessionDep, _: AnyRole) -> dict[str, Any]:
+def get_policy(run: RunId, session: SessionDep, _: AnyRole) -> dict[str, Any]:
     """The run's policy in full: detector thresholds, enabled detectors, bounds on actions."""
     return effective_policy(service.get_run(session, run)).model_dump(mode="json")
 
 
 @router.put("/{run}/policy", response_model=dict[str, Any])
 def put_policy(
-    run: str,
+    run: RunId,
     session: SessionDep,
     principal: OperatorRole,
-    body: Annotated[dict[str, Any], Body(description="A policy; missing fields take defaults")],
+    body: Annotated[FreeJSON, Body(description="A policy; missing fields take defaults")],
 ) -> dict[str, Any]:
     """Replace the run's policy (validated; missing fields take their defaults)."""
     record_ = service.get_run(session, run, for_update=True)

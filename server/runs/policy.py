@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -21,7 +22,7 @@ def validate_policy(body: Any) -> PolicyConfig:
     if not isinstance(body, dict):
         raise ValidationFailed("body: the policy must be a JSON object", fields=["body"])
     try:
-        return PolicyConfig.model_validate(body)
+        policy = PolicyConfig.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         fields = []
@@ -34,3 +35,14 @@ def validate_policy(body: Any) -> PolicyConfig:
         msg = errors[0]["msg"].removeprefix("Value error, ")
         detail = msg if msg.startswith(fields[0]) else f"{fields[0]}: {msg}"
         raise ValidationFailed(detail, fields=fields) from None
+    _require_finite(policy.model_dump(mode="python"), "")
+    return policy
+
+
+def _require_finite(value: Any, path: str) -> None:
+    """NaN or ±inf as a threshold or bound means nothing (and jsonb cannot store it)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _require_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValidationFailed(f"{path}: must be a finite number", fields=[path])

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlkeel.client.schemas import ModelInfo, Run, RunCreate
-from rlkeel.server.api.errors import NotFound
+from rlkeel.server.api.errors import Conflict, NotFound
 from rlkeel.server.db.models import Run as RunRecord
 
 
@@ -45,12 +45,23 @@ def create_run(session: Session, body: RunCreate) -> RunRecord:
         config=body.config,
         world_size=body.world_size,
         verifiable_rewards=body.verifiable_rewards,
-        automation="auto",
+        automation=body.automation.value,
         status="running",
     )
     session.add(run)
     session.flush()
     return run
+
+
+def end_run(run: RunRecord, status: str) -> bool:
+    """Move a running run to its final `status`; False when it already has it (a repeat)."""
+    if run.status == status:
+        return False
+    if run.status != "running":
+        raise Conflict(f"run {run.id} is already {run.status}; it cannot become {status}",
+                       fields=["status"])  # fmt: skip
+    run.status = status
+    return True
 
 
 def get_run(session: Session, run_id: str, *, for_update: bool = False) -> RunRecord:

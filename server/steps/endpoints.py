@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -9,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rlkeel.client.schemas import Page, Phase, SampleRead, StepRead, StepReport, Verdict
 from rlkeel.server.api.body import parse_json_body
-from rlkeel.server.api.deps import AnyRole, SessionDep, TrainerRole
+from rlkeel.server.api.deps import AnyRole, RunId, SessionDep, TrainerRole
 from rlkeel.server.runs.service import get_run
 from rlkeel.server.steps import store
 from rlkeel.server.steps.ingest import ingest_report
@@ -32,7 +33,7 @@ router = APIRouter(prefix="/v1/runs/{run}", tags=["steps"])
     },
 )
 async def post_step(
-    run: str,
+    run: RunId,
     request: Request,
     principal: TrainerRole,
 ) -> Response:
@@ -41,11 +42,23 @@ async def post_step(
     The body is parsed by pydantic-core straight from bytes (no intermediate dicts): this is
     the hot path of the service.
     """
-    report = parse_json_body(StepReport, await request.body())
+    started = time.perf_counter()
     app = request.app
-    verdict, created = await run_in_threadpool(
-        _ingest_in_session, app, run, report, principal.actor
-    )
+    metrics = app.state.metrics
+    report = None
+    try:
+        report = parse_json_body(StepReport, await request.body())
+        verdict, created = await run_in_threadpool(
+            _ingest_in_session, app, run, report, principal.actor
+        )
+    except Exception:
+        if metrics is not None:
+            phase = report.phase.value if report is not None else "unparsed"
+            metrics.observe_report_error(phase, time.perf_counter() - started)
+        raise
+    if metrics is not None:
+        metrics.observe_report(report, verdict, created=created,
+                               seconds=time.perf_counter() - started)  # fmt: skip
     return Response(
         verdict.model_dump_json(), status_code=201 if created else 200,
         media_type="application/json",
@@ -54,6 +67,8 @@ async def post_step(
 
 def _ingest_in_session(app: Any, run: str, report: StepReport, actor: str) -> tuple[Verdict, bool]:
     settings = app.state.settings
+    if report.samples:
+        app.state.refitter.warm()
     with app.state.session_factory() as session:
         try:
             verdict, created, refit = ingest_report(
@@ -75,7 +90,7 @@ def _ingest_in_session(app: Any, run: str, report: StepReport, actor: str) -> tu
 
 @router.get("/steps", response_model=Page[StepRead])
 def list_steps(
-    run: str,
+    run: RunId,
     session: SessionDep,
     _: AnyRole,
     after: Annotated[
@@ -94,7 +109,7 @@ def list_steps(
 
 @router.get("/samples", response_model=list[SampleRead])
 def list_samples(
-    run: str,
+    run: RunId,
     session: SessionDep,
     _: AnyRole,
     step: Annotated[int, Query(ge=0, le=2**62, description="The step")],

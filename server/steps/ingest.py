@@ -10,6 +10,7 @@ Order of work, all inside the request's transaction:
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlkeel.client.schemas import DroppedSample, StepReport, Verdict
@@ -17,10 +18,11 @@ from rlkeel.server import analysis
 from rlkeel.server.api.errors import Conflict, ValidationFailed
 from rlkeel.server.commands import service as commands
 from rlkeel.server.db.base import utcnow
-from rlkeel.server.db.models import FindingRecord
+from rlkeel.server.db.models import FindingRecord, Run
 from rlkeel.server.runs.service import get_run
 from rlkeel.server.steps import store
 from rlkeel.server.steps.values import nonfinite_label
+from rlkeel.server.webhooks import service as webhooks
 
 
 def _check_samples(report: StepReport, max_samples: int) -> None:
@@ -29,6 +31,9 @@ def _check_samples(report: StepReport, max_samples: int) -> None:
             f"samples: {len(report.samples)} samples is more than the limit of {max_samples}",
             fields=["samples"],
         )
+    ids = [s.sample_id for s in report.samples]
+    if len(set(ids)) == len(ids):
+        return
     seen: set[str] = set()
     for i, sample in enumerate(report.samples):
         if sample.sample_id in seen:
@@ -52,14 +57,20 @@ def ingest_report(
     commit)."""
     _check_samples(report, max_samples)
     run = get_run(session, run_id, for_update=True)
-    existing = store.find_step(session, run_id, report.step, report.phase.value)
-    if existing is not None:
-        return Verdict.model_validate(existing.verdict), False, None
+    # After the lock, one round trip: a stored verdict for (run, step, phase), and what the
+    # analysis needs to know first (state version, snoozes).
+    version, snoozed = analysis.prefetch_columns(run_id)
+    stored_verdict, state_version, snoozed_count = session.execute(
+        select(store.stored_verdict(run_id, report.step, report.phase.value), version, snoozed)
+    ).one()
+    if stored_verdict is not None:
+        return Verdict.model_validate(stored_verdict), False, None
     if run.status != "running":
         raise Conflict(f"run {run_id} is {run.status}; it takes no more reports", fields=["run"])
 
-    result = analysis.analyse(session, run, report, cache=state_cache)
-    finding_ids = _store_findings(session, run_id, report, result.findings)
+    prefetched = analysis.Prefetched(version=state_version, any_snoozed=bool(snoozed_count))
+    result = analysis.analyse(session, run, report, cache=state_cache, prefetched=prefetched)
+    finding_ids = _store_findings(session, run, report, result.findings)
     for proposed in result.commands:
         commands.issue(
             session, run_id=run_id, kind=proposed.kind, params=proposed.params,
@@ -98,7 +109,7 @@ def ingest_report(
 
 
 def _store_findings(
-    session: Session, run_id: str, report: StepReport, found: list[analysis.NewFinding]
+    session: Session, run: Run, report: StepReport, found: list[analysis.NewFinding]
 ) -> list[int]:
     records = []
     for f in found:
@@ -109,7 +120,7 @@ def _store_findings(
         }
         records.append(
             FindingRecord(
-                run_id=run_id,
+                run_id=run.id,
                 step=report.step,
                 phase=report.phase.value,
                 detector=f.detector,
@@ -126,4 +137,5 @@ def _store_findings(
         )
     session.add_all(records)
     session.flush()
+    webhooks.announce_findings(session, run, records)  # outbox rows, same transaction
     return [r.id for r in records]

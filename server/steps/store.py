@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -30,6 +32,15 @@ def find_step(session: Session, run_id: str, step: int, phase: str) -> StepRecor
         StepRecord.run_id == run_id, StepRecord.step == step, StepRecord.phase == phase
     )
     return session.scalars(stmt).one_or_none()
+
+
+def stored_verdict(run_id: str, step: int, phase: str) -> Any:
+    """The stored verdict of (run, step, phase) as a scalar subquery (NULL when none)."""
+    return (
+        select(StepRecord.verdict)
+        .where(StepRecord.run_id == run_id, StepRecord.step == step, StepRecord.phase == phase)
+        .scalar_subquery()
+    )
 
 
 def insert_step(
@@ -69,6 +80,9 @@ def _sample_rows(
     dropped: set[str],
 ) -> list[tuple[Any, ...]]:
     """Rows in SAMPLE_COLUMNS order. This is the hot path of ingest: keep it flat."""
+    fast = _plain_sample_rows(run_id, step, samples, flags, dropped)
+    if fast is not None:
+        return fast
     rows = []
     for s in samples:
         floats = (s.reward, s.advantage, s.kl, s.log_ratio_max, s.entropy, s.repetition)
@@ -89,6 +103,36 @@ def _sample_rows(
             s.sample_id in dropped,
         ))  # fmt: skip
     return rows
+
+
+assert SAMPLE_FLOAT_FIELDS == ("reward", "advantage", "kl", "log_ratio_max", "entropy",
+                               "repetition")  # fmt: skip
+
+
+def _plain_sample_rows(
+    run_id: str,
+    step: int,
+    samples: Sequence[SampleStats],
+    flags: dict[str, list[str]],
+    dropped: set[str],
+) -> list[tuple[Any, ...]] | None:
+    """The rows built column by column, for the usual report: every number finite (or absent)
+    and no extras. None for any other report (then `_sample_rows` goes sample by sample)."""
+    if any(s.extra for s in samples):
+        return None
+    columns = [[getattr(s, name) for s in samples] for name in SAMPLE_FLOAT_FIELDS]
+    # x - x is 0.0 for every finite x and NaN for NaN and ±inf.
+    if any(v is not None and v - v != 0.0 for column in columns for v in column):
+        return None
+    reward, advantage, kl, log_ratio_max, entropy, repetition = columns  # SAMPLE_FLOAT_FIELDS
+    ids = [s.sample_id for s in samples]
+    n = len(ids)
+    return list(zip(
+        repeat(run_id, n), repeat(step, n), ids, [s.group_id for s in samples], reward,
+        advantage, [s.length for s in samples], [s.truncated for s in samples], kl,
+        log_ratio_max, entropy, repetition, repeat(None, n), repeat(None, n),
+        [flags.get(i) or None for i in ids], [i in dropped for i in ids], strict=False,
+    ))  # fmt: skip
 
 
 def _clean_extra(
@@ -118,6 +162,15 @@ def _labels_for_nonfinite(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _copy_samples_sql() -> Any:
+    """The COPY statement, composed with psycopg.sql (identifiers quoted, never string-built)."""
+    from psycopg import sql
+
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in SAMPLE_COLUMNS)
+    return sql.SQL("COPY samples ({}) FROM STDIN (FORMAT BINARY)").format(columns)
+
+
 def write_samples(
     session: Session,
     *,
@@ -136,8 +189,7 @@ def write_samples(
         assert raw is not None
         # Binary COPY with declared types: psycopg's jsonb dumper encodes the dicts.
         rows = _sample_rows(run_id, step, samples, flags, dropped)
-        copy_sql = f"COPY samples ({', '.join(SAMPLE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-        with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+        with raw.cursor() as cursor, cursor.copy(_copy_samples_sql()) as copy:
             copy.set_types(SAMPLE_COPY_TYPES)
             for row in rows:
                 copy.write_row(row)

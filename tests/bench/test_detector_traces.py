@@ -72,9 +72,13 @@ def test_healthy_is_realistic(by_name) -> None:  # type: ignore[no-untyped-def]
     for t in range(STEPS):
         assert 0.003 < _m(h, t, "kl_mean") < 0.1
         assert 1e-4 < _m(h, t, "clip_frac") < 1e-2
-        assert _m(h, t, "truncation_rate") < 0.1
+        assert _m(h, t, "truncation_rate") < 0.25  # the truncation_rate detector's threshold
         assert all(math.isfinite(_m(h, t, k)) for k in ("loss", "grad_norm"))
         assert _m(h, t, "positive_frac") > 0.1
+    assert sum(_m(h, t, "truncation_rate") for t in range(STEPS)) / STEPS < 0.08
+    first_len = sum(_m(h, t, "length_mean") for t in range(20))
+    last_len = sum(_m(h, t, "length_mean") for t in range(STEPS - 20, STEPS))
+    assert last_len > first_len  # healthy responses grow
     first = sum(_m(h, t, "entropy_mean") for t in range(20))
     last = sum(_m(h, t, "entropy_mean") for t in range(STEPS - 20, STEPS))
     assert last < first
@@ -94,16 +98,16 @@ def test_events_are_injected_at_onset(traces, by_name) -> None:  # type: ignore[
     assert math.isnan(_m(ev["nan"], o, "loss")) and math.isnan(_m(ev["nan"], o, "grad_norm"))
     assert all(math.isfinite(_m(ev["nan"], t, "loss")) for t in range(o))
     o = onset["kl_spike"]
-    assert _m(ev["kl_spike"], o, "kl_mean") > 5 * _m(ev["kl_spike"], o - 1, "kl_mean")
+    assert _m(ev["kl_spike"], o, "kl_mean") > 2.5 * _m(ev["kl_spike"], o - 1, "kl_mean")
     o = onset["grad_norm_spikes"]
     assert _m(ev["grad_norm_spikes"], o, "grad_norm") > 5 * _m(ev["grad_norm_spikes"], o - 1,
                                                               "grad_norm")  # fmt: skip
     pre, post = before_after("stale_clip_frac", "clip_frac")
-    assert max(pre) < 0.01 and all(0.25 < x < 0.6 for x in post)
+    assert max(pre) < 0.01 and all(0.2 < x < 0.6 for x in post)
     pre, post = before_after("low_positive_frac", "positive_frac")
     assert min(pre) > 0.1 and sum(post) / len(post) < 0.1
     pre, post = before_after("entropy_collapse", "entropy_mean", k=10)
-    assert post[-1] < 0.03 < min(pre)
+    assert post[-1] < 0.15 * min(pre) and min(pre) > 0.3
     pre, post = before_after("length_explosion", "repetition_mean")
     assert max(post) > 2 * max(pre)
     pre, post = before_after("reward_hacking", "length_mean", k=10)

@@ -176,3 +176,35 @@ async def test_async_client_in_process(app, aclient: AsyncClient) -> None:  # ty
     assert acked.status is CommandStatus.rejected
     assert await aclient.healthz() == {"status": "ok"}
     assert await aclient.readyz() is True
+
+
+def test_non_finite_numbers_inside_extra_round_trip(client: Client) -> None:
+    # pydantic's JSON mode used to turn these into null before they left the client.
+    run = client.register_run(name="nan-extra", algorithm="grpo", model={"name": "m"})
+    report = rollout(0, n=2)
+    report.samples[0].extra = {"logp": -math.inf, "parts": {"fmt": math.nan}, "ok": 1.5}
+    client.report_step(run.id, report)
+    extra = {s.sample_id: s.extra for s in client.list_samples(run.id, 0)}["s0"]
+    # As the service stores what any client sends as bare NaN/Infinity: their labels.
+    assert extra == {"logp": "-Infinity", "parts": {"fmt": "NaN"}, "ok": 1.5}
+
+
+def test_trainer_marks_the_run_finished(client: Client) -> None:
+    run = client.register_run(run_create("ends", automation="observe"))
+    assert run.automation == "observe"
+    assert client.set_run_status(run.id, "stopped", "stop command").status == "stopped"
+    assert client.set_run_status(run.id, "stopped").status == "stopped"  # a retry is a no-op
+    assert client.get_run(run.id).status == "stopped"
+
+
+def test_report_step_takes_a_per_call_timeout(client: Client) -> None:
+    import pytest
+
+    from rlkeel.client import RequestTimeoutError
+
+    run = client.register_run(run_create("deadline"))
+    with pytest.raises(RequestTimeoutError):
+        client.report_step(run.id, rollout(0), timeout=1e-6)  # the client's own is 5 s
+    with pytest.raises(ValueError, match="timeout"):
+        client.report_step(run.id, rollout(0), timeout=0)
+    assert client.report_step(run.id, rollout(0), timeout=30).step == 0

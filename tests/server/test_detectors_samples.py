@@ -33,7 +33,7 @@ SAMPLE_CASES = [
     ("sample_grad_share", {"advantage": 2.5, "length": 9_000}),
     ("sample_nonfinite", {"advantage": math.nan}),
     ("sample_nonfinite", {"kl": math.inf}),
-    ("sample_isolation_forest", {"entropy": 4.0, "repetition": 0.95, "kl": 0.5,
+    ("sample_isolation_forest", {"entropy": 6.0, "repetition": 0.99, "kl": 2.0,
                                  "log_ratio_max": 2.0}),
 ]  # fmt: skip
 
@@ -129,3 +129,27 @@ def test_state_is_bounded() -> None:
     assert len(state.forest.rows) <= RESERVOIR
     assert abs(sizes[9_999] - sizes[399]) <= 0.05 * sizes[399]  # full windows: flat
     assert sizes[9] <= sizes[9_999] <= 40 * sizes[9]  # windows fill, then stop growing
+
+
+def _kl_flagged(replay: Replay, steps: range) -> list[int]:
+    return [sum("sample_kl_z" in r for r in replay.flags.get(t, {}).values()) for t in steps]
+
+
+def test_a_history_with_zero_mad_does_not_flag_every_later_sample() -> None:
+    # The first reports: the policy is still the reference, KL exactly 0 for every sample.
+    zero_kl = {t: {i: {"kl": 0.0} for i in range(32)} for t in range(3)}
+    replay = Replay()
+    replay.run(Trace(seed=25, sample_overrides=zero_kl), range(20))
+    assert max(_kl_flagged(replay, range(3, 20))) <= 1
+
+
+def test_a_lasting_shift_is_learned_not_flagged_forever() -> None:
+    # From step 30 every sample's KL is 200x (spread as before): a shift of the whole run,
+    # for kl_spike; the per-sample detector must not flag (and drop) the run from then on.
+    rng = np.random.default_rng(26)
+    shifted = {t: {i: {"kl": float(2.0 * rng.lognormal(0.0, 0.5))} for i in range(32)}
+               for t in range(30, 80)}  # fmt: skip
+    replay = Replay()
+    replay.run(Trace(seed=26, sample_overrides=shifted), range(80))
+    flagged = _kl_flagged(replay, range(30, 80))
+    assert sum(flagged) <= 5 and flagged[-20:] == [0] * 20

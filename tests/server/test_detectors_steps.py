@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from rlkeel.client.schemas import Algorithm, Phase, StepReport
@@ -29,8 +30,8 @@ CASES = [
     ("grad_norm_spike", Algorithm.grpo, _at("grad_norm", 8.0)),
     ("clip_frac_spike", Algorithm.grpo, _at("clip_frac", 0.05)),
     ("log_ratio_spike", Algorithm.grpo, _at("log_ratio_abs_max", 12.0)),
-    ("reward_decline", Algorithm.grpo, _ramp("reward_mean", lambda d: 0.45 - 0.01 * d)),
-    ("length_growth", Algorithm.grpo, _ramp("length_mean", lambda d: 310 * (1 + 0.03 * d))),
+    ("reward_decline", Algorithm.grpo, _ramp("reward_mean", lambda d: 0.32 - 0.012 * d)),
+    ("length_growth", Algorithm.grpo, _ramp("length_mean", lambda d: 310 * 1.04**d)),
     ("entropy_slide", Algorithm.grpo, _ramp("entropy_mean", lambda d: 0.6 * math.exp(-0.03 * d))),
     ("nonfinite_step", Algorithm.grpo, _at("loss", math.nan)),
     ("nonfinite_step", Algorithm.grpo, _at("grad_norm", math.inf)),
@@ -131,3 +132,78 @@ def test_disabled_detector_is_silent() -> None:
     cfg = PolicyConfig(detectors={"nonfinite_step": {"enabled": False}})
     trace = Trace(seed=9, step_overrides=_at("loss", math.nan), with_samples=False)
     assert [f for f in Replay(cfg=cfg).run(trace, range(70)) if f.detector == "nonfinite_step"] == []
+
+
+def _series(metric: str, fn, steps: range) -> dict[int, dict[str, float]]:
+    return {t: {metric: fn(t)} for t in steps}
+
+
+def _hits(trace: Trace, detector: str, steps: int, cfg: PolicyConfig | None = None) -> list[int]:
+    replay = Replay(cfg=cfg) if cfg is not None else Replay()
+    return [f.step for f in replay.run(trace, range(steps)) if f.detector == detector]
+
+
+def test_low_positive_frac_holds_its_count_between_threshold_and_rearm() -> None:
+    # Rare successes measured with noise: steps at 12% (between the 10% threshold and the 15%
+    # re-arm) must not restart the count, or a run stuck near 10% is never reported.
+    rare = _series("positive_frac", lambda t: 0.05 if t % 2 else 0.12, range(30, 60))
+    hits = _hits(Trace(seed=31, step_overrides=rare, with_samples=False), "low_positive_frac", 60)
+    assert hits and hits[0] - 30 <= 2 * 10
+    # ... while a step back above re-arm restarts it: 9 low steps, one healthy, 9 low.
+    broken = _series("positive_frac", lambda t: 0.3 if t == 39 else 0.05, range(30, 49))
+    trace = Trace(seed=31, step_overrides=broken, with_samples=False)
+    assert _hits(trace, "low_positive_frac", 49) == []
+
+
+def test_zero_std_groups_needs_sustained_steps() -> None:
+    blip = {50: {"zero_std_group_frac": 1.0}, 51: {"zero_std_group_frac": 0.9}}
+    assert _hits(Trace(seed=32, step_overrides=blip, with_samples=False), "zero_std_groups", 70) == []
+    held = _series("zero_std_group_frac", lambda t: 0.9, range(50, 53))
+    assert _hits(Trace(seed=32, step_overrides=held, with_samples=False),
+                 "zero_std_groups", 70) == [52]  # fmt: skip
+
+
+def test_spike_needs_min_ratio_on_a_very_quiet_series() -> None:
+    # A series quiet to 0.1%: ×1.6 is a huge z but not a grad-norm spike worth acting on.
+    quiet = _series("grad_norm", lambda t: 0.5 * (1 + 0.001 * math.sin(t)), range(0, 80))
+    quiet[60] = {"grad_norm": 0.8}
+    assert _hits(Trace(seed=33, step_overrides=quiet, with_samples=False), "grad_norm_spike", 80) == []
+    quiet[60] = {"grad_norm": 5.0}
+    assert _hits(Trace(seed=33, step_overrides=quiet, with_samples=False),
+                 "grad_norm_spike", 80) == [60]  # fmt: skip
+
+
+def test_kl_spike_on_a_rising_trend_is_caught_and_a_gradual_climb_is_not() -> None:
+    rng = np.random.default_rng(34)
+    noise = np.exp(rng.normal(0.0, 0.05, 120))
+    rising = _series("kl_mean", lambda t: 0.01 * 1.02**t * noise[t], range(0, 120))
+    spiked = rising | {70: {"kl_mean": 4 * rising[70]["kl_mean"]}}
+    assert _hits(Trace(seed=34, step_overrides=spiked, with_samples=False), "kl_spike", 90) == [70]
+    # The same ×4 reached over 8 steps is a drift, not a spike.
+    climb = rising | _series("kl_mean", lambda t: rising[t]["kl_mean"] * 4 ** ((t - 62) / 8),
+                             range(62, 90))  # fmt: skip
+    assert _hits(Trace(seed=34, step_overrides=climb, with_samples=False), "kl_spike", 90) == []
+
+
+def test_drifts_follow_a_steady_healthy_trend() -> None:
+    # Entropy falling 0.5% a step and responses growing 0.4% a step for 300 steps, with noise:
+    # the healthy course of a reasoning run, not a slide.
+    rng = np.random.default_rng(35)
+    noise = np.exp(rng.normal(0.0, 0.02, (2, 300)))
+    course = {t: {"entropy_mean": 0.9 * math.exp(-0.005 * t) * noise[0, t],
+                  "length_mean": 300 * math.exp(0.004 * t) * noise[1, t]} for t in range(300)}
+    found = Replay().run(Trace(seed=35, step_overrides=course, with_samples=False), range(300))
+    assert [(f.detector, f.step) for f in found] == []
+
+
+def test_a_version_1_state_loads_with_its_drift_and_spike_windows_reset() -> None:
+    replay = Replay()
+    replay.run(Trace(seed=36, with_samples=False), range(40))
+    d = json.loads(json.dumps(replay.state.to_dict()))
+    old = {**d, "version": 1,
+           "cusums": {"entropy_slide": {"direction": -1, "s": 0.0, "mean": 0.6, "last": 0.6,
+                                        "diffs": [0.01] * 30}}}  # the EWMA CUSUM of version 1
+    state = RunDetectorState.from_dict(old)
+    assert state.cusums == {} and state.windows == {}
+    assert state.gates.keys() == replay.state.gates.keys()
+    assert state.to_dict()["version"] == d["version"] == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import httpx
 
 from rlkeel.server.commands import service as commands
@@ -116,3 +118,44 @@ async def test_finding_ack_and_snooze(http, tokens, app) -> None:  # type: ignor
     assert (await http.post("/v1/findings/999999/ack", headers=op)).status_code == 404
     audit = (await http.get("/v1/audit", headers=op, params={"target_type": "finding"})).json()
     assert audit[0]["before"]["status"] == "open" and audit[0]["after"]["note"] == "known"
+
+
+async def test_snooze_silences_the_detector_in_the_pipeline_until_it_expires(http, tokens, app) -> None:  # type: ignore[no-untyped-def]
+    """A snoozed detector raises no findings (and so causes no commands) for that run; once the
+    snooze expires it fires again. Other runs are not affected."""
+    from sqlalchemy import update as sql_update
+
+    run, other = await _run(http), await _run(http)
+    op = _as(http, tokens.operator)
+
+    async def nonfinite_findings(run_id: str) -> list[dict]:  # type: ignore[type-arg]
+        found = (await http.get(f"/v1/runs/{run_id}/findings")).json()
+        return [f for f in found if f["detector"] == "nonfinite_step"]
+
+    step = 0
+
+    async def bad_then_good(run_id: str) -> None:
+        nonlocal step
+        for loss in ("NaN", 0.1):  # NaN fires; a finite loss re-arms the detector
+            r = await http.post(f"/v1/runs/{run_id}/steps", json=update(step, loss=loss))  # type: ignore[arg-type]
+            assert r.status_code == 201, r.text
+            step += 1
+
+    await bad_then_good(run)
+    first = await nonfinite_findings(run)
+    assert len(first) == 1
+    r = await http.post(f"/v1/findings/{first[0]['id']}/ack", headers=op, json={"snooze_seconds": 600})
+    assert r.status_code == 200 and r.json()["status"] == "snoozed"
+    commands_before = len((await http.get(f"/v1/runs/{run}/commands")).json())
+
+    await bad_then_good(run)
+    assert len(await nonfinite_findings(run)) == 1  # silenced
+    assert len((await http.get(f"/v1/runs/{run}/commands")).json()) == commands_before
+    await bad_then_good(other)
+    assert len(await nonfinite_findings(other)) == 1  # the snooze is per run
+
+    with app.state.session_factory.begin() as s:  # the window passes
+        s.execute(sql_update(FindingRecord).where(FindingRecord.id == first[0]["id"])
+                  .values(snoozed_until=datetime.now(UTC) - timedelta(seconds=1)))  # fmt: skip
+    await bad_then_good(run)
+    assert len(await nonfinite_findings(run)) == 2

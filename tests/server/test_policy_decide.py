@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from pydantic import ValidationError
@@ -27,9 +28,10 @@ def f(detector: str, step: int, severity: Severity = Severity.warning) -> Findin
 
 
 def run(state: PolicyState, info: RunInfo, step: int, findings=(), flags=None,
-        cfg: PolicyConfig = DEFAULT_POLICY, phase=Phase.update, batch_size=None):  # fmt: skip
+        cfg: PolicyConfig = DEFAULT_POLICY, phase=Phase.update, batch_size=None,
+        metrics=None, samples=None):  # fmt: skip
     return decide(state, info, step, phase, list(findings), flags or {}, cfg,
-                  batch_size=batch_size)  # fmt: skip
+                  batch_size=batch_size, metrics=metrics, samples=samples)  # fmt: skip
 
 
 def kinds(decision) -> list[CommandKind]:
@@ -125,8 +127,13 @@ def test_moe_runs_start_on_gspo(algorithm) -> None:
     assert kinds(run(PolicyState(), RunInfo(algorithm), 0)) == []
 
 
-def test_positive_emphasis_when_positives_are_rare() -> None:
-    d = run(PolicyState(), GRPO, 30, [f("kl_spike", 30), f("low_positive_frac", 30)])
+def test_positive_emphasis_when_positives_are_rare_after_the_warm_up() -> None:
+    st = PolicyState()
+    # a run that starts with few successes is not one whose successes became rare
+    assert kinds(run(st, GRPO, 0, [f("low_positive_frac", 0)])) == []
+    for t in range(1, 30):
+        run(st, GRPO, t)
+    d = run(st, GRPO, 30, [f("kl_spike", 30), f("low_positive_frac", 30)])
     assert [(c.kind, c.params, c.finding_indexes) for c in d.commands] == [
         (CommandKind.positive_emphasis, {"mode": "advantage_scale", "factor": 2.0}, [1])]
 
@@ -141,8 +148,11 @@ def test_rollback_to_last_healthy_step_then_stop_when_trouble_repeats() -> None:
     for t in range(10, 30):  # resumed from step 9
         run(st, GRPO, t)
     d = run(st, GRPO, 30, [f("entropy_floor", 30, Severity.high)])
-    assert kinds(d) == [CommandKind.stop] and d.commands[0].finding_indexes == [0]
-    assert "rollback" in d.commands[0].params["reason"]
+    # stop, but on the last good weights: roll back first
+    assert [(c.kind, c.params.get("to_step")) for c in d.commands] == [
+        (CommandKind.rollback, 29), (CommandKind.stop, None)]
+    assert d.commands[1].finding_indexes == [0]
+    assert "rollback" in d.commands[1].params["reason"]
     assert run(st, GRPO, 31, [f("nonfinite_step", 31)]).commands == []  # stopped: silent
 
 
@@ -205,3 +215,120 @@ def test_readme_table_comes_from_the_catalogue() -> None:
     table = dict((r[0], r[2]) for r in policy_table_rows(cfg))
     assert table["kl_spike"].startswith("> 9") and table["entropy_floor"] == "disabled"
     assert policy_table_markdown().count("\n") == len(DETECTORS) + 2
+
+
+def healthy(reward: float = 0.7, length: float = 6.0, cap: float = 16.0) -> dict[str, float]:
+    return {"reward_mean": reward, "length_mean": length, "max_new_tokens": cap}
+
+
+def test_set_max_length_near_the_healthy_length_when_responses_explode() -> None:
+    st = PolicyState()
+    for t in range(30):
+        assert kinds(run(st, GRPO, t, metrics=healthy(length=5.0 + (t % 3)))) == []
+    assert st.length_ref == pytest.approx(6.0, abs=0.5)  # the healthy mean length
+    d = run(st, GRPO, 30, [f("truncation_rate", 30)], metrics=healthy(length=14.0))
+    assert [(c.kind, c.params, c.finding_indexes) for c in d.commands] == [
+        (CommandKind.set_max_length, {"tokens": math.ceil(2 * st.length_ref)}, [0])]
+    # cool-down, then no command while the cap is already at or below the target
+    assert kinds(run(st, GRPO, 31, [f("length_growth", 31)], metrics=healthy(14.0))) == []
+    for t in range(32, 200):
+        d = run(st, GRPO, t, [f("length_growth", t)], metrics=healthy(length=9.0, cap=12.0))
+        assert kinds(d) == []
+    # nothing known about healthy lengths yet: no cap to choose
+    assert kinds(run(PolicyState(), GRPO, 0, [f("length_growth", 0)])) == []
+
+
+def test_reward_collapse_after_instability_rolls_back_before_the_fall() -> None:
+    st = PolicyState()
+    for t in range(20):
+        assert kinds(run(st, GRPO, t, metrics=healthy())) == []
+    run(st, GRPO, 20, [f("kl_spike", 20)], metrics=healthy(0.6))  # the lr blew up
+    assert kinds(run(st, GRPO, 21, metrics=healthy(0.4))) == []  # mean 0.57 of the last 3
+    d = run(st, GRPO, 22, [f("reward_decline", 22)], metrics=healthy(0.1))  # mean 0.37 < 0.42
+    # the fall is seen over steps 20–22: roll back to a healthy step 5 before it, cut the lr
+    assert [(c.kind, c.params, c.finding_indexes) for c in d.commands] == [
+        (CommandKind.rollback, {"to_step": 15}, [0]),
+        (CommandKind.scale_lr, {"factor": 0.1}, [0])]  # applied after the rollback
+    assert "reward collapse" in d.commands[0].reason_text
+    # the trainer applies the rollback a step or two later: those reports judge nothing
+    assert kinds(run(st, GRPO, 23, [f("nonfinite_step", 23)], metrics=healthy(0.05))) == []
+    assert kinds(run(st, GRPO, 24, metrics=healthy(0.05))) == []
+    for t in range(15, 23):  # resumed from step 15's weights, healthy
+        assert kinds(run(st, GRPO, t, metrics=healthy())) == []
+    run(st, GRPO, 23, [f("kl_spike", 23)], metrics=healthy(0.5))  # the fault is still there
+    run(st, GRPO, 24, metrics=healthy(0.2))
+    d = run(st, GRPO, 25, metrics=healthy(0.2))
+    assert [(c.kind, c.params.get("to_step")) for c in d.commands] == [
+        (CommandKind.rollback, 18), (CommandKind.stop, None)]  # fell over 23–25: 23 - 5
+    assert st.stopped
+
+
+def test_kl_far_above_its_healthy_level_is_evidence_enough() -> None:
+    st = PolicyState()
+    for t in range(20):
+        run(st, GRPO, t, metrics={**healthy(), "kl_mean": 0.01})
+    for t, (reward, kl) in enumerate([(0.5, 0.02), (0.3, 0.3)], start=20):
+        assert kinds(run(st, GRPO, t, metrics={**healthy(reward), "kl_mean": kl})) == []
+    d = run(st, GRPO, 22, metrics={**healthy(0.2), "kl_mean": 0.3})  # 30× the healthy KL
+    assert kinds(d) == [CommandKind.rollback, CommandKind.scale_lr]
+    assert d.commands[0].finding_indexes == []  # the policy's own rule: no finding behind it
+
+
+def test_a_reward_that_falls_before_the_policy_moves_or_with_stale_samples_is_no_collapse() -> None:
+    # rewards turned sparse at 20: the policy drifts only later (KL up at 30)
+    st = PolicyState()
+    for t in range(20):
+        run(st, GRPO, t, metrics={**healthy(), "kl_mean": 0.01})
+    for t in range(20, 60):
+        kl = 0.2 if t >= 30 else 0.01
+        assert kinds(run(st, GRPO, t, metrics={**healthy(0.08), "kl_mean": kl})) == []
+    # stale rollouts at 20: the reward falls with a log-ratio spike — the data is wrong
+    st = PolicyState()
+    for t in range(20):
+        run(st, GRPO, t, metrics=healthy())
+    for t in range(20, 26):
+        findings = [f("log_ratio_spike", t), f("kl_spike", t)] if t == 20 else []
+        d = run(st, GRPO, t, findings, metrics=healthy(0.1))
+        assert CommandKind.rollback not in kinds(d)
+
+
+def test_a_reward_that_falls_with_no_sign_of_instability_is_not_a_collapse() -> None:
+    st = PolicyState()  # e.g. rewards turned sparse: the policy did not move
+    for t in range(20):
+        run(st, GRPO, t, metrics=healthy())
+    for t in range(20, 120):
+        d = run(st, GRPO, t, [f("reward_decline", t)] if t == 25 else [], metrics=healthy(0.05))
+        assert kinds(d) == []
+    # before the baseline has seen collapse_warmup healthy steps nothing counts either
+    st = PolicyState()
+    run(st, GRPO, 0, [f("kl_spike", 0)], metrics=healthy())
+    for t in range(1, 10):
+        assert kinds(run(st, GRPO, t, metrics=healthy(0.01 if t > 3 else 0.7))) == []
+
+
+def test_flagged_samples_with_negative_advantage_are_kept_not_dropped() -> None:
+    flags = {"loop": ["sample_repetition_loop"], "hack": ["sample_repetition_loop"],
+             "nan": ["sample_nonfinite"], "far": ["sample_kl_z"]}  # fmt: skip
+    samples = {"loop": (-0.4, 16), "hack": (2.1, 16), "nan": (-0.3, 5), "far": (0.0, 6),
+               **{f"ok{i}": (0.1 * (i % 3 - 1), 6) for i in range(12)}}  # fmt: skip
+    # GRPO: a looping sample pushed down is the signal against loops; keep it, weight 1
+    d = run(PolicyState(), GRPO, 0, flags=flags, phase=Phase.rollout, batch_size=16,
+            samples=samples)  # fmt: skip
+    assert d.drop == [("hack", ["sample_repetition_loop"]), ("nan", ["sample_nonfinite"])]
+    assert d.weights is None and not d.skip_step
+    # token-level DAPO: kept too, but weighted down to the median length (6 of 16 tokens)
+    dapo = RunInfo(algorithm=Algorithm.dapo)
+    d = run(PolicyState(), dapo, 0, flags=flags, phase=Phase.rollout, batch_size=16,
+            samples=samples)  # fmt: skip
+    assert [sid for sid, _ in d.drop] == ["hack", "nan"]
+    assert d.weights == {"loop": pytest.approx(6 / 16)}
+    # only what is dropped counts toward max_drop_frac
+    many = {f"ok{i}": ["sample_kl_z"] for i in range(12)}
+    d = run(PolicyState(), GRPO, 0, flags=many, phase=Phase.rollout, batch_size=16,
+            samples=samples)  # fmt: skip
+    assert not d.skip_step and len(d.drop) == 4  # the positive ones
+    # switched off, or without the samples: every flagged sample goes, as before
+    off = PolicyConfig(keep_negative_outliers=False)
+    d = run(PolicyState(), GRPO, 0, flags=flags, phase=Phase.rollout, batch_size=16,
+            samples=samples, cfg=off)  # fmt: skip
+    assert len(d.drop) == 4
