@@ -92,6 +92,15 @@ class Prometheus:
         except OSError:
             return False
 
+    def wait_for_first_scrape(self, timeout_s: float = 60) -> None:
+        """Until the server has been scraped once. Prometheus's first scrape comes up to ~5 s
+        after it is ready; a counter's first increment before it is invisible to increase(),
+        and a quick finding would then never fire the alert."""
+        deadline = time.monotonic() + timeout_s
+        while not self.api("query", query="up == 1")["result"]:
+            assert time.monotonic() < deadline, "prometheus never scraped the server"
+            time.sleep(0.2)
+
     def api(self, path: str, **params: str) -> Any:
         query = urllib.parse.urlencode(params)
         with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as r:
@@ -133,6 +142,7 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         ensure_reader_login(app.state.engine, reader, uuid.uuid4().hex)
         server = LiveServer(app).start()
         prometheus = Prometheus(workdir, f"127.0.0.1:{server.port}")
+        prometheus.wait_for_first_scrape()
         start = time.time()
         run_id = _train(server.url, trainer, operator, workdir, prometheus)
         time.sleep(4)  # a few more scrapes: the finished run's series are gone in them
