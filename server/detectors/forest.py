@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -166,26 +168,24 @@ def anomaly_scores(forest: ForestState, rows: list[list[float]] | np.ndarray) ->
 
 @dataclass(frozen=True)
 class CompiledForest:
-    """A fitted IsolationForest as flat arrays, scored for all trees at once.
+    """A fitted IsolationForest reduced to what scoring needs, scored on several cores.
 
-    scikit-learn scores tree by tree (one Cython call and a few numpy passes per tree, ≈30 ms
-    for 100 trees × 1,024 rows on a loaded 2-core machine). Here every (tree, row) pair walks
-    down together, one level per numpy pass, so the cost is ~depth passes over trees × rows.
-    The arithmetic is scikit-learn's own (`_compute_score_samples`): the same float32 feature
-    values against the same float64 thresholds, per-tree path lengths added in tree order,
-    the same denominator. Scores are bit-identical (pinned by a test). Leaves point to
-    themselves, so extra passes past a shallow leaf change nothing.
+    scikit-learn's `score_samples` walks each tree (`Tree.apply`, C code that releases the
+    GIL), then does a few numpy passes per tree over the leaves. Here the walks are split
+    across a small thread pool (`SCORING_THREADS`), and the per-leaf path lengths of all trees
+    are looked up in one pass. The arithmetic is scikit-learn's own (`_compute_score_samples`):
+    the same float32 inputs through the same trees, per-tree path lengths added in tree order,
+    the same denominator. Scores are bit-identical (pinned by a test).
     """
 
-    feature: np.ndarray
-    """Per node, the column of the input it tests (0 at leaves)."""
-    threshold: np.ndarray
-    children: np.ndarray
-    """Per node, [left, right] flattened: child of node i is children[2 i + went_right]."""
-    leaf_value: np.ndarray
-    """Per node, depth + average path length below it − 1 (only leaves are ever read)."""
-    roots: np.ndarray
-    depth: int
+    trees: tuple[Any, ...]
+    """scikit-learn `Tree` objects, in the forest's order."""
+    columns: tuple[np.ndarray | None, ...]
+    """Per tree, the input columns it was fitted on (None: all, in order)."""
+    path_length: np.ndarray
+    """All trees' nodes, tree after tree: depth + average path length below it − 1."""
+    offsets: np.ndarray
+    """Per tree, the index of its node 0 in `path_length` (shape: trees × 1)."""
     denominator: np.ndarray
     n_features: int
 
@@ -193,58 +193,71 @@ class CompiledForest:
     def from_model(cls, model: IsolationForest) -> CompiledForest:
         from sklearn.ensemble._iforest import _average_path_length
 
-        features, thresholds, children, values, roots = [], [], [], [], []
-        offset, depth = 0, 0
+        n_features = int(model.n_features_in_)
+        trees, columns, lengths, offsets, offset = [], [], [], [], 0
         for tree, cols, d, a in zip(model.estimators_, model.estimators_features_,
                                     model._decision_path_lengths,
                                     model._average_path_length_per_tree, strict=True):  # fmt: skip
-            t = tree.tree_
-            n = t.node_count
-            leaf = t.children_left == -1
-            own = np.arange(n, dtype=np.int64) + offset
-            left = np.where(leaf, own, t.children_left + offset)
-            right = np.where(leaf, own, t.children_right + offset)
-            features.append(np.where(leaf, 0, np.asarray(cols)[np.maximum(t.feature, 0)]))
-            thresholds.append(np.where(leaf, 0.0, t.threshold))
-            children.append(np.stack([left, right], axis=1).ravel())
-            values.append(d + a - 1.0)
-            roots.append(offset)
-            offset += n
-            depth = max(depth, int(t.max_depth))
+            cols = np.asarray(cols, dtype=np.intp)
+            trees.append(tree.tree_)
+            columns.append(None if np.array_equal(cols, np.arange(n_features)) else cols)
+            lengths.append(d + a - 1.0)
+            offsets.append(offset)
+            offset += tree.tree_.node_count
         denominator = len(model.estimators_) * _average_path_length([model.max_samples_])
-        return cls(feature=np.concatenate(features).astype(np.intp),
-                   threshold=np.concatenate(thresholds).astype(np.float64),
-                   children=np.concatenate(children).astype(np.intp),
-                   leaf_value=np.concatenate(values).astype(np.float64),
-                   roots=np.asarray(roots, dtype=np.intp), depth=depth,
+        return cls(trees=tuple(trees), columns=tuple(columns),
+                   path_length=np.concatenate(lengths).astype(np.float64),
+                   offsets=np.asarray(offsets, dtype=np.intp)[:, None],
                    denominator=np.asarray(denominator, dtype=np.float64),
-                   n_features=int(model.n_features_in_))  # fmt: skip
+                   n_features=n_features)  # fmt: skip
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Anomaly score per row of x: `-score_samples(x)` of the source model."""
-        n, n_trees = x.shape[0], len(self.roots)
-        # scikit-learn's trees compare float32 inputs (widened) with float64 thresholds.
-        flat = np.ascontiguousarray(x, dtype=np.float32).astype(np.float64).ravel()
-        leaf_values = np.empty(n_trees * n, dtype=np.float64)
-        row_base = np.arange(n, dtype=np.intp) * self.n_features
-        # Trees in blocks, so the working arrays stay in the CPU cache (≈1.5× faster).
-        for first in range(0, n_trees, _TREE_BLOCK):
-            roots = self.roots[first : first + _TREE_BLOCK]
-            rows = np.tile(row_base, len(roots))
-            nodes = np.repeat(roots, n)
-            for _ in range(self.depth):
-                right = flat.take(rows + self.feature.take(nodes)) > self.threshold.take(nodes)
-                nodes *= 2
-                nodes += right
-                nodes = self.children.take(nodes)
-            leaf_values[first * n : (first + len(roots)) * n] = self.leaf_value.take(nodes)
+        n, n_trees = x.shape[0], len(self.trees)
+        # scikit-learn's trees compare float32 inputs with their float64 thresholds.
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        leaves = np.empty((n_trees, n), dtype=np.intp)
+
+        def walk(first: int, last: int) -> None:
+            for i in range(first, last):
+                cols = self.columns[i]
+                leaves[i] = self.trees[i].apply(
+                    x32 if cols is None else np.ascontiguousarray(x32[:, cols])
+                )
+
+        parts = _scoring_parts(n, n_trees)
+        pool = _scoring_pool() if len(parts) > 1 else None
+        helpers = [pool.submit(walk, *part) for part in parts[1:]] if pool else []
+        walk(*parts[0])
+        for done in helpers:
+            done.result()
+        leaves += self.offsets
+        per_tree = self.path_length.take(leaves)
         depths = np.zeros(n, dtype=np.float64)
-        for per_tree in leaf_values.reshape(n_trees, n):  # tree order, as scikit-learn adds
-            depths += per_tree
+        for lengths in per_tree:  # tree order, as scikit-learn adds
+            depths += lengths
         return np.asarray(2.0 ** (-depths / self.denominator), dtype=np.float64)
 
 
-_TREE_BLOCK = 16
+SCORING_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads that walk a forest's trees for one report (the request's own thread included)."""
+_PARALLEL_MIN_ROWS = 128  # below this, handing trees to another thread costs more than it saves
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _scoring_parts(n_rows: int, n_trees: int) -> list[tuple[int, int]]:
+    k = SCORING_THREADS if n_rows >= _PARALLEL_MIN_ROWS else 1
+    k = max(1, min(k, n_trees))
+    bounds = [round(i * n_trees / k) for i in range(k + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i] < bounds[i + 1]]
+
+
+def _scoring_pool() -> ThreadPoolExecutor:
+    with _CACHE_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=SCORING_THREADS - 1,
+                                            thread_name_prefix="rlkeel-forest-score"))  # fmt: skip
+        return _POOL[0]
 
 
 def fast_anomaly_scores(model: IsolationForest, x: np.ndarray) -> np.ndarray:

@@ -109,12 +109,19 @@ def test_forest_scores_are_bit_identical_to_scikit_learn() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(1500, 7))
     x[:, 6] = rng.random(1500) < 0.1  # a 0/1 feature, like `truncated`
-    for n_est, max_samples, seed in ((100, 1024, 0), (37, 200, 3), (5, 16, 9)):
+    # (trees, max_samples, seed, max_features, rows scored): 350 rows are walked on several
+    # threads, 40 on one; max_features < 1 gives trees fitted on a subset of the columns.
+    for n_est, max_samples, seed, max_features, n_rows in (
+        (100, 1024, 0, 1.0, 350), (37, 200, 3, 1.0, 350), (5, 16, 9, 1.0, 40),
+        (23, 256, 4, 0.5, 350), (23, 256, 4, 0.5, 40),
+    ):  # fmt: skip
         model = IsolationForest(n_estimators=n_est, max_samples=max_samples, random_state=seed,
-                                n_jobs=1).fit(x)  # fmt: skip
-        y = np.vstack([rng.normal(size=(300, 7)) * 4, x[:50]])
+                                max_features=max_features, n_jobs=1).fit(x)  # fmt: skip
+        y = np.vstack([rng.normal(size=(300, 7)) * 4, x[:50]])[:n_rows]
         expected = -model.score_samples(y)
         assert forest_mod.fast_anomaly_scores(model, y).tobytes() == expected.tobytes()
+        compiled = forest_mod.CompiledForest.from_model(model)
+        assert any(c is not None for c in compiled.columns) == (max_features < 1)
 
 
 if __name__ == "__main__" and "--write" in sys.argv:
