@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from rlkeel.client.schemas import Command, CommandStatus
@@ -71,15 +71,27 @@ def issue(
     return command
 
 
+def _due(run_id: str, step: int) -> tuple[Any, ...]:
+    return (
+        CommandRecord.run_id == run_id,
+        CommandRecord.status.in_(OPEN_FOR_DELIVERY),
+        or_(CommandRecord.effective_step.is_(None), CommandRecord.effective_step <= step),
+    )
+
+
+def due_count(run_id: str, step: int) -> Any:
+    """How many commands `deliver_due` would deliver now, as a scalar subquery (to read in
+    one statement with other look-ups; zero lets ingest skip `deliver_due`)."""
+    return (
+        select(func.count()).select_from(CommandRecord).where(*_due(run_id, step)).scalar_subquery()
+    )
+
+
 def deliver_due(session: Session, run_id: str, step: int, *, actor: str) -> list[CommandRecord]:
     """Pending (or approved) commands due at `step`, marked delivered, oldest first."""
     stmt = (
         select(CommandRecord)
-        .where(
-            CommandRecord.run_id == run_id,
-            CommandRecord.status.in_(OPEN_FOR_DELIVERY),
-            or_(CommandRecord.effective_step.is_(None), CommandRecord.effective_step <= step),
-        )
+        .where(*_due(run_id, step))
         .order_by(CommandRecord.id)
         .with_for_update()
     )

@@ -57,12 +57,15 @@ def ingest_report(
     commit)."""
     _check_samples(report, max_samples)
     run = get_run(session, run_id, for_update=True)
-    # After the lock, one round trip: a stored verdict for (run, step, phase), and what the
-    # analysis needs to know first (state version, snoozes).
+    # After the lock, in a statement of its own (so under READ COMMITTED it sees what a report
+    # that held the lock before us committed), one round trip: a stored verdict for (run,
+    # step, phase), what the analysis needs to know first (state version, snoozes), and
+    # whether commands are due.
     version, snoozed = analysis.prefetch_columns(run_id)
-    stored_verdict, state_version, snoozed_count = session.execute(
-        select(store.stored_verdict(run_id, report.step, report.phase.value), version, snoozed)
-    ).one()
+    stored_verdict, state_version, snoozed_count, due_count = session.execute(
+        select(store.stored_verdict(run_id, report.step, report.phase.value), version, snoozed,
+               commands.due_count(run_id, report.step))
+    ).one()  # fmt: skip
     if stored_verdict is not None:
         return Verdict.model_validate(stored_verdict), False, None
     if run.status != "running":
@@ -80,7 +83,9 @@ def ingest_report(
             origin="policy", held=run.automation == "approve", effective_step=None,
             actor="policy",
         )  # fmt: skip
-    due = commands.deliver_due(session, run_id, report.step, actor=actor)
+    # Nothing was due under the lock and the policy issued nothing: no look-up needed.
+    due = (commands.deliver_due(session, run_id, report.step, actor=actor)
+           if due_count or result.commands else [])  # fmt: skip
     verdict = Verdict(
         step=report.step,
         phase=report.phase,

@@ -86,7 +86,7 @@ def _sample_rows(
     rows = []
     for s in samples:
         floats = (s.reward, s.advantage, s.kl, s.log_ratio_max, s.entropy, s.repetition)
-        nonfinite = None
+        nonfinite: dict[str, str] | None = None
         for name, value in zip(SAMPLE_FLOAT_FIELDS, floats, strict=True):
             # x - x is 0.0 for every finite x and NaN for NaN and ±inf.
             if value is not None and value - value != 0.0:
