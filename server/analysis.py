@@ -12,7 +12,6 @@ database never act on stale state; a mismatch reloads the blob from the database
 
 from __future__ import annotations
 
-import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from rlkeel.client.schemas import Algorithm, Phase, StepReport
+from rlkeel.server import state_parts
 from rlkeel.server.api.errors import ServiceUnavailable
 from rlkeel.server.db.base import utcnow
 from rlkeel.server.db.models import DetectorState, FindingRecord, Run
@@ -77,11 +77,15 @@ class RunAnalysisState:
     rollouts: int = 0
     """Rollout reports evaluated: the clock of forest refits."""
     pending_fit: PendingFit | None = None
+    saved: state_parts.Saved | None = field(default=None, compare=False, repr=False)
+    """What the database holds of this state's stored parts (not itself stored)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"detectors": self.detectors.to_dict(), "policy": self.policy.to_dict(),
-                "rollouts": self.rollouts,
-                "pending_fit": self.pending_fit.to_dict() if self.pending_fit else None}  # fmt: skip
+    def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
+        """Plain data; `samples=False` leaves out the sample history and forest rows."""
+        pending = self.pending_fit.to_dict(rows=samples) if self.pending_fit else None
+        return {"detectors": self.detectors.to_dict(samples=samples),
+                "policy": self.policy.to_dict(), "rollouts": self.rollouts,
+                "pending_fit": pending}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunAnalysisState:
@@ -156,8 +160,16 @@ def load_state(
     cached = cache.take(run_id, version) if cache is not None else None
     if cached is not None:
         return cached, version
-    blob = session.scalar(select(DetectorState.blob).where(DetectorState.run_id == run_id))
-    return RunAnalysisState.from_dict(pickle.loads(blob)), version  # noqa: S301 - our own rows
+    row = session.execute(
+        select(DetectorState.blob, DetectorState.memory, DetectorState.fit).where(
+            DetectorState.run_id == run_id
+        )
+    ).one()
+    d, memory_digest = state_parts.decode(row.blob, row.memory, row.fit)
+    state = RunAnalysisState.from_dict(d)
+    if memory_digest is not None:
+        state.saved = state_parts.Saved(memory=memory_digest, fit=state_parts.fit_key(state))
+    return state, version
 
 
 class StaleState(ServiceUnavailable):
@@ -169,23 +181,32 @@ def save_state(
     cache: StateCache | None,
 ) -> None:  # fmt: skip
     """Store the state as version + 1, if the stored version is still `version`; cache it
-    once the transaction commits."""
-    data = pickle.dumps(state.to_dict(), protocol=5)
+    once the transaction commits. Only the parts that changed are written."""
+    parts = state_parts.encode(state, state.saved if version is not None else None)
+    values: dict[str, Any] = {"blob": parts.blob, "updated_at": utcnow()}
+    if parts.memory is not None:
+        values["memory"] = parts.memory
+    if parts.fit is not None:
+        values["fit"] = parts.fit
     if version is None:
-        session.execute(insert(DetectorState).values(run_id=run_id, blob=data, version=1,
-                                                     updated_at=utcnow()))  # fmt: skip
+        session.execute(insert(DetectorState).values(run_id=run_id, version=1, **values))
         new_version = 1
     else:
         new_version = version + 1
         done = session.execute(
             update(DetectorState)
             .where(DetectorState.run_id == run_id, DetectorState.version == version)
-            .values(blob=data, version=new_version, updated_at=utcnow())
+            .values(version=new_version, **values)
         )
         if done.rowcount != 1:  # type: ignore[attr-defined]
             raise StaleState(f"detector state of run {run_id} changed concurrently; retry")
-    if cache is not None:
-        _after_commit(session, lambda: cache.put(run_id, new_version, state))
+
+    def committed() -> None:
+        state.saved = parts.saved
+        if cache is not None:
+            cache.put(run_id, new_version, state)
+
+    _after_commit(session, committed)
 
 
 def _after_commit(session: Session, action: Callable[[], None]) -> None:

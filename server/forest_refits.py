@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -41,13 +42,18 @@ class PendingFit:
     activate_at: int
     """The rollout-report count at which the model takes over."""
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        """Digest of (rows, seed, n_estimators): the model cache's key (rows never change)."""
         return forest_mod._digest(self.rows, self.seed, self.n_estimators)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "seed": self.seed, "n_estimators": self.n_estimators,
-                "activate_at": self.activate_at}  # fmt: skip
+    def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
+        """`rows=False` leaves out the rows (stored apart)."""
+        d: dict[str, Any] = {"seed": self.seed, "n_estimators": self.n_estimators,
+                             "activate_at": self.activate_at}  # fmt: skip
+        if rows:
+            d["rows"] = self.rows
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PendingFit:

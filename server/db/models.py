@@ -266,9 +266,11 @@ class AuditEntry(Base):
 class DetectorState(Base):
     """Per-run detector and policy state, bounded in size, so it survives a restart.
 
-    Stored as a pickle of the state's plain-data form (`RunAnalysisState.to_dict()`): it is
-    written on every report, and pickling ~30k floats costs ~2 ms where JSON cost ~35 ms. Only
-    the service writes this column; it is derived data (`rlkeel backtest` can rebuild it).
+    Stored in three parts (`rlkeel.server.state_parts`), each rewritten only when it changed:
+    `blob` the small part that changes on every report (gates, windows, CUSUMs, policy),
+    `memory` the recent samples (rollout reports change it), `fit` the forests' training rows
+    (a refit changes it). Only the service writes these columns; they are derived data
+    (`rlkeel backtest` can rebuild them).
     """
 
     __tablename__ = "detector_state"
@@ -277,5 +279,7 @@ class DetectorState(Base):
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     )
     blob: Mapped[bytes] = mapped_column(LargeBinary)
+    memory: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    fit: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

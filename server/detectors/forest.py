@@ -60,11 +60,14 @@ class ForestState:
     key: str | None = None
     model: CompiledForest | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"rows": [list(r) for r in self.rows], "fit_rows": self.fit_rows,
-                "fit_seed": self.fit_seed, "fit_count": self.fit_count,
-                "fit_n_estimators": self.fit_n_estimators,
-                "reports_since_fit": self.reports_since_fit, "key": self.key}  # fmt: skip
+    def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
+        """`rows=False` leaves out `rows` and `fit_rows` (stored apart)."""
+        d = {"fit_seed": self.fit_seed, "fit_count": self.fit_count,
+             "fit_n_estimators": self.fit_n_estimators,
+             "reports_since_fit": self.reports_since_fit, "key": self.key}  # fmt: skip
+        if rows:
+            d["rows"], d["fit_rows"] = [list(r) for r in self.rows], self.fit_rows
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ForestState:

@@ -61,19 +61,26 @@ class RunDetectorState:
     def cusum(self, name: str, direction: int) -> Cusum:
         return self.cusums.setdefault(name, Cusum(direction=direction))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
+        """The plain-data form; `samples=False` leaves out the recent samples and the forest's
+        rows (`sample_history`, `forest.rows`, `forest.fit_rows`), which are stored apart."""
+        d = {
             "version": STATE_VERSION,
             "seed": self.seed,
             "gates": {k: g.to_dict() for k, g in sorted(self.gates.items())},
-            "sample_history": {k: list(v) for k, v in sorted(self.sample_history.items())},
+            "sample_history": {k: list(v) for k, v in sorted(self.sample_history.items())}
+            if samples
+            else None,
             "windows": {k: list(v) for k, v in sorted(self.windows.items())},
             "cusums": {k: c.to_dict() for k, c in sorted(self.cusums.items())},
             "sustain": dict(sorted(self.sustain.items())),
-            "forest": self.forest.to_dict(),
+            "forest": self.forest.to_dict(rows=samples),
             "rollout_step": self.rollout_step,
             "rollout_metrics": {k: _enc(v) for k, v in self.rollout_metrics.items()},
         }
+        if not samples:
+            del d["sample_history"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunDetectorState:
