@@ -12,6 +12,7 @@ database never act on stale state; a mismatch reloads the blob from the database
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -296,13 +297,18 @@ def evaluate(
 def analyse(
     session: Session, run: Run, report: StepReport, *, cache: StateCache | None = None,
     prefetched: Prefetched | None = None,
+    while_evaluating: contextlib.AbstractContextManager[Any] | None = None,
 ) -> Analysis:  # fmt: skip
+    """Load the run's state, evaluate the report, save the state. `while_evaluating` wraps the
+    evaluation, which uses no database (ingest writes the samples meanwhile)."""
     if prefetched is None:
         state, version = load_state(session, run.id, cache)
         muted = snoozed_detectors(session, run.id)
     else:
         state, version = load_state(session, run.id, cache, version=prefetched.version)
         muted = snoozed_detectors(session, run.id) if prefetched.any_snoozed else set()
-    result = evaluate(state, run, report, effective_policy(run), muted=muted)
+    policy = effective_policy(run)
+    with while_evaluating or contextlib.nullcontext():
+        result = evaluate(state, run, report, policy, muted=muted)
     save_state(session, run.id, state, version, cache)
     return result

@@ -4,8 +4,9 @@ Order of work, all inside the request's transaction:
 1. lock the run row (FOR UPDATE): reports of one run are analysed one at a time, also across
    server processes, so detector state and command issuing never race;
 2. a stored report for (run, step, phase) answers with its stored verdict and writes nothing;
-3. otherwise analyse, store findings and commands, deliver due commands, store the step row
-   (ON CONFLICT DO NOTHING as a second guard) and its samples in one round trip.
+3. otherwise write the samples (one COPY, on a helper thread while the detectors run), analyse,
+   store findings and commands, deliver due commands, store the step row (ON CONFLICT DO
+   NOTHING as a second guard) and mark the flagged or dropped samples.
 """
 
 from __future__ import annotations
@@ -72,7 +73,11 @@ def ingest_report(
         raise Conflict(f"run {run_id} is {run.status}; it takes no more reports", fields=["run"])
 
     prefetched = analysis.Prefetched(version=state_version, any_snoozed=bool(snoozed_count))
-    result = analysis.analyse(session, run, report, cache=state_cache, prefetched=prefetched)
+    # The samples go to the database (without flags) while the detectors run.
+    writing = store.samples_written_meanwhile(session, run_id=run_id, step=report.step,
+                                              samples=report.samples)  # fmt: skip
+    result = analysis.analyse(session, run, report, cache=state_cache, prefetched=prefetched,
+                              while_evaluating=writing)  # fmt: skip
     finding_ids = _store_findings(session, run, report, result.findings)
     for proposed in result.commands:
         commands.issue(
@@ -104,10 +109,8 @@ def ingest_report(
         twin = store.find_step(session, run_id, report.step, report.phase.value)
         assert twin is not None
         return Verdict.model_validate(twin.verdict), False, None
-    store.write_samples(
-        session, run_id=run_id, step=report.step,
-        samples=report.samples, flags=result.flags, dropped=set(result.drop),
-    )  # fmt: skip
+    store.mark_samples(session, run_id=run_id, step=report.step, flags=result.flags,
+                       dropped=set(result.drop))  # fmt: skip
     run.last_step = report.step if run.last_step is None else max(run.last_step, report.step)
     run.last_report_at = utcnow()
     return verdict, True, result.refit

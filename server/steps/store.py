@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -171,6 +173,23 @@ def _copy_samples_sql() -> Any:
     return sql.SQL("COPY samples ({}) FROM STDIN (FORMAT BINARY)").format(columns)
 
 
+def _copy_samples(
+    raw: Any,
+    run_id: str,
+    step: int,
+    samples: Sequence[SampleStats],
+    flags: dict[str, list[str]],
+    dropped: set[str],
+) -> None:
+    """Binary COPY with declared types on a psycopg connection: its jsonb dumper encodes the
+    dicts."""
+    rows = _sample_rows(run_id, step, samples, flags, dropped)
+    with raw.cursor() as cursor, cursor.copy(_copy_samples_sql()) as copy:
+        copy.set_types(SAMPLE_COPY_TYPES)
+        for row in rows:
+            copy.write_row(row)
+
+
 def write_samples(
     session: Session,
     *,
@@ -187,15 +206,64 @@ def write_samples(
     if connection.dialect.name == "postgresql":
         raw = connection.connection.driver_connection
         assert raw is not None
-        # Binary COPY with declared types: psycopg's jsonb dumper encodes the dicts.
-        rows = _sample_rows(run_id, step, samples, flags, dropped)
-        with raw.cursor() as cursor, cursor.copy(_copy_samples_sql()) as copy:
-            copy.set_types(SAMPLE_COPY_TYPES)
-            for row in rows:
-                copy.write_row(row)
+        _copy_samples(raw, run_id, step, samples, flags, dropped)
         return
     rows = _sample_rows(run_id, step, samples, flags, dropped)
     session.execute(insert(SampleRecord), [dict(zip(SAMPLE_COLUMNS, r, strict=True)) for r in rows])
+
+
+_COPY_THREADS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rlkeel-copy")
+"""Runs sample COPYs while the request's own thread evaluates the report (one per request at
+a time; requests are capped well below this by the database pool)."""
+
+
+@contextlib.contextmanager
+def samples_written_meanwhile(
+    session: Session, *, run_id: str, step: int, samples: Sequence[SampleStats]
+) -> Iterator[None]:
+    """Write the samples, without flags, while the body runs; `mark_samples` adds the flags
+    after. On PostgreSQL the COPY runs on a helper thread over this session's connection, so
+    PostgreSQL stores the rows while the detectors compute (a 1,024-sample COPY is ~8 ms of
+    the database's time); the body must not use the session meanwhile. Elsewhere the rows
+    are written first. The rows are in the session's transaction either way."""
+    if not samples:
+        yield
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        write_samples(session, run_id=run_id, step=step, samples=samples, flags={}, dropped=set())
+        yield
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    copying = _COPY_THREADS.submit(_copy_samples, raw, run_id, step, samples, {}, set())
+    try:
+        yield
+    except BaseException:
+        # The connection is busy until the COPY ends: wait for it; the body's error wins.
+        with contextlib.suppress(Exception):
+            copying.result()
+        raise
+    copying.result()
+
+
+def mark_samples(
+    session: Session, *, run_id: str, step: int, flags: dict[str, list[str]], dropped: set[str]
+) -> None:
+    """Set the detector flags and the dropped mark of the step's samples written without them
+    (only the flagged or dropped ones: usually a few, one round trip)."""
+    marked = [{"sid": sid, "new_flags": flags.get(sid) or None, "new_dropped": sid in dropped}
+              for sid in {*flags, *dropped}]  # fmt: skip
+    if not marked:
+        return
+    stmt = (
+        update(SampleRecord)
+        .where(SampleRecord.run_id == run_id, SampleRecord.step == step,
+               SampleRecord.sample_id == bindparam("sid"))
+        .values(flags=bindparam("new_flags"), dropped=bindparam("new_dropped"))
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    session.connection().execute(stmt, marked)
 
 
 def step_to_schema(record: StepRecord) -> StepRead:

@@ -148,6 +148,25 @@ async def test_samples_of_a_step_take_one_round_trip(backend) -> None:  # type: 
     assert _count(app, SampleRecord) == 2001
 
 
+async def test_flags_and_drops_are_stored_with_their_samples(backend) -> None:  # type: ignore[no-untyped-def]
+    """Samples are written while the detectors run and marked after: the flagged and dropped
+    ones carry their flags, the others none, and the verdict agrees with the stored rows."""
+    _, client = backend
+    run = await _run(client)
+    body = rollout(0, n=40)
+    body["samples"][3]["kl"] = "NaN"
+    body["samples"][17]["advantage"] = "Infinity"
+    r = await client.post(f"/v1/runs/{run}/steps", json=body)
+    assert r.status_code == 201, r.text
+    dropped = {d["sample_id"]: d["reasons"] for d in r.json()["drop"]}
+    assert set(dropped) == {"s3", "s17"} and dropped["s3"] == ["sample_nonfinite"]
+    stored = (await client.get(f"/v1/runs/{run}/samples", params={"step": 0})).json()
+    assert [s["sample_id"] for s in stored] == [f"s{i}" for i in range(40)]
+    for s in stored:
+        assert s["dropped"] == (s["sample_id"] in dropped)
+        assert s["flags"] == dropped.get(s["sample_id"], [])
+
+
 BAD_REPORTS = [
     ("wrong type", lambda b: b.update(step="three"), "step"),
     ("negative step", lambda b: b.update(step=-1), "step"),
