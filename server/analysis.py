@@ -166,10 +166,11 @@ def load_state(
             DetectorState.run_id == run_id
         )
     ).one()
-    d, memory_digest = state_parts.decode(row.blob, row.memory, row.fit)
+    d, from_parts = state_parts.decode(row.blob, row.memory, row.fit)
     state = RunAnalysisState.from_dict(d)
-    if memory_digest is not None:
-        state.saved = state_parts.Saved(memory=memory_digest, fit=state_parts.fit_key(state))
+    if from_parts:  # what the database holds: the parts as loaded
+        state.saved = state_parts.Saved(memory=state.detectors.samples_changed,
+                                        fit=state_parts.fit_key(state))  # fmt: skip
     return state, version
 
 

@@ -6,7 +6,8 @@ change only on rollout reports, the forests' training rows (7k floats each) only
 Rewriting all ~180 kB on every report cost PostgreSQL ~3 ms. So the state is stored as
 
 - `blob`: everything small (pickled plain data), written on every report;
-- `memory`: the recent samples as raw float64 bytes, written when their bytes changed;
+- `memory`: the recent samples as raw float64 bytes, written after a report that changed them
+  (`RunDetectorState.samples_changed` counts those);
 - `fit`: the current and the pending forest's training rows, written when either forest
   changed (known from their digests, without encoding them).
 
@@ -16,7 +17,6 @@ before the split (everything in it, no parts) is read as it is and split on its 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,8 +37,8 @@ PARTS_FORMAT = 1
 class Saved:
     """What the stored parts hold, to tell whether they need writing again."""
 
-    memory: bytes
-    """Digest of the stored `memory` part."""
+    memory: int
+    """`RunDetectorState.samples_changed` when the stored `memory` part was written."""
     fit: tuple[str | None, str | None]
     """`fit_key` of the stored `fit` part."""
 
@@ -65,22 +65,22 @@ def encode(state: RunAnalysisState, saved: Saved | None) -> Encoded:
     small = state.to_dict(samples=False)
     small["parts"] = PARTS_FORMAT
     blob = pickle.dumps(small, protocol=5)
-    memory = _encode_memory(state.detectors)
-    digest = _digest(memory)
+    changed = state.detectors.samples_changed
+    unchanged = saved is not None and saved.memory == changed
+    memory = None if unchanged else _encode_memory(state.detectors)
     key = fit_key(state)
     fit = None if saved is not None and saved.fit == key else _encode_fit(state)
-    return Encoded(blob=blob, memory=None if saved is not None and saved.memory == digest
-                   else memory, fit=fit, saved=Saved(memory=digest, fit=key))  # fmt: skip
+    return Encoded(blob=blob, memory=memory, fit=fit, saved=Saved(memory=changed, fit=key))
 
 
 def decode(
     blob: bytes, memory: bytes | None, fit: bytes | None
-) -> tuple[dict[str, Any], bytes | None]:
-    """(`RunAnalysisState.to_dict()` form, digest of `memory`); the digest is None for a blob
-    from before the split, which holds everything itself."""
+) -> tuple[dict[str, Any], bool]:
+    """(`RunAnalysisState.to_dict()` form, whether it came from parts); a blob from before the
+    split holds everything itself."""
     d = pickle.loads(blob)  # noqa: S301 - our own rows
     if d.pop("parts", None) is None:
-        return d, None
+        return d, False
     if memory is None or fit is None:
         raise ValueError("detector state is split in parts but a part is missing")
     mem, fits = pickle.loads(memory), pickle.loads(fit)  # noqa: S301 - our own rows
@@ -91,7 +91,7 @@ def decode(
     detectors["forest"]["fit_rows"] = _rows(fits["fit_rows"])
     if d.get("pending_fit") is not None:
         d["pending_fit"]["rows"] = _rows(fits["pending_rows"])
-    return d, _digest(memory)
+    return d, True
 
 
 def _encode_memory(detectors: RunDetectorState) -> bytes:
@@ -123,7 +123,3 @@ def _rows(matrix: tuple[int, bytes]) -> list[list[float]]:
     if width == 0:
         return []
     return np.frombuffer(data, dtype=np.float64).reshape(-1, width).tolist()
-
-
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()

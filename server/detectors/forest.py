@@ -62,7 +62,7 @@ class ForestState:
 
     def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
         """`rows=False` leaves out `rows` and `fit_rows` (stored apart)."""
-        d = {"fit_seed": self.fit_seed, "fit_count": self.fit_count,
+        d: dict[str, Any] = {"fit_seed": self.fit_seed, "fit_count": self.fit_count,
              "fit_n_estimators": self.fit_n_estimators,
              "reports_since_fit": self.reports_since_fit, "key": self.key}  # fmt: skip
         if rows:

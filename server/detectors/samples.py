@@ -164,6 +164,7 @@ def evaluate_rollout(state: RunDetectorState, report: StepReport,
     out = _Collector(state, report.step)
     if not samples:
         return RolloutEvaluation()
+    state.samples_changed += 1  # history and reservoir take the batch's values below
     cfg = policy_cfg
 
     cols = SampleColumns.of(samples)

@@ -48,6 +48,9 @@ class RunDetectorState:
     rollout_step: int | None = None
     rollout_metrics: dict[str, float] = field(default_factory=dict)
     """Metrics of the last rollout report; the update report of the same step sees them too."""
+    samples_changed: int = field(default=0, compare=False, repr=False)
+    """Bumped whenever `sample_history` or `forest.rows` change (a rollout report with
+    samples), so storage knows when to write them again; not itself stored."""
 
     def gate(self, name: str) -> Gate:
         return self.gates.setdefault(name, Gate())

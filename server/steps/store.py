@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
@@ -123,8 +124,7 @@ def _plain_sample_rows(
     if any(s.extra for s in samples):
         return None
     columns = [[getattr(s, name) for s in samples] for name in SAMPLE_FLOAT_FIELDS]
-    # x - x is 0.0 for every finite x and NaN for NaN and ±inf.
-    if any(v is not None and v - v != 0.0 for column in columns for v in column):
+    if not all(map(_all_finite, columns)):
         return None
     reward, advantage, kl, log_ratio_max, entropy, repetition = columns  # SAMPLE_FLOAT_FIELDS
     ids = [s.sample_id for s in samples]
@@ -135,6 +135,15 @@ def _plain_sample_rows(
         log_ratio_max, entropy, repetition, repeat(None, n), repeat(None, n),
         [flags.get(i) or None for i in ids], [i in dropped for i in ids], strict=False,
     ))  # fmt: skip
+
+
+def _all_finite(column: list[float | None]) -> bool:
+    """Whether every number in the column is finite (None is absent, not a number). One C-level
+    sum: NaN and ±inf make it non-finite; finite numbers keep it finite unless it overflows, and
+    then this says False and the caller takes the slow, exact path."""
+    if None in column:
+        column = [v for v in column if v is not None]
+    return math.isfinite(sum(column))  # type: ignore[arg-type]
 
 
 def _clean_extra(

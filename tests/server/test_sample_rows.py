@@ -36,3 +36,12 @@ def test_reports_with_nonfinite_numbers_or_extras_take_the_sample_by_sample_path
     assert store._plain_sample_rows("r", 0, extra, {}, set()) is None
     rows = store._sample_rows("r", 0, nan, {}, set())
     assert rows[-1][13] == {"entropy": "Infinity"}
+
+
+def test_finite_numbers_whose_sum_overflows_are_stored_as_they_are() -> None:
+    """The fast path's finiteness check is one sum per column: a sum that overflows sends the
+    report down the exact sample-by-sample path, which stores the (finite) numbers as they are."""
+    big = [SampleStats.model_validate(sample(i, advantage=1.5e308)) for i in range(3)]
+    assert store._plain_sample_rows("r", 0, big, {}, set()) is None
+    rows = store._sample_rows("r", 0, big, {}, set())
+    assert [r[5] for r in rows] == [1.5e308] * 3 and all(r[13] is None for r in rows)

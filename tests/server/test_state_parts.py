@@ -43,7 +43,10 @@ def test_state_read_back_from_the_parts_equals_the_state_written(app) -> None:  
             loaded, stored_version = analysis.load_state(session, run.id, None)
             assert stored_version == version
             assert loaded.to_dict() == state.to_dict(), f"step {body['step']} {body['phase']}"
-            assert loaded.saved == state.saved
+            # The loaded state knows its parts are stored: saving it unchanged writes none.
+            assert loaded.saved is not None and loaded.saved.fit == state_parts.fit_key(state)
+            again = state_parts.encode(loaded, loaded.saved)
+            assert again.memory is None and again.fit is None
     assert pending_seen and fitted_seen  # the trace exercises both forest parts
 
 
