@@ -150,10 +150,12 @@ def preload_history(db_url: str, run_id: str, steps: int, samples_per_step: int)
 
 
 def state_size(db_url: str, run_id: str) -> tuple[int, int]:
-    """(bytes of the run's stored detector state, its version)."""
+    """(bytes of the run's stored detector state, all three parts, its version)."""
     with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT length(blob), version FROM detector_state WHERE run_id = %s",
-                           (run_id,)).fetchone()  # fmt: skip
+        row = conn.execute(
+            "SELECT length(blob) + coalesce(length(memory), 0) + coalesce(length(fit), 0),"
+            " version FROM detector_state WHERE run_id = %s", (run_id,),
+        ).fetchone()  # fmt: skip
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
