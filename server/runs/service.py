@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from rlkeel.client.schemas import ModelInfo, Run, RunCreate
 from rlkeel.server.api.errors import Conflict, NotFound
+from rlkeel.server.db.base import utcnow
 from rlkeel.server.db.models import Run as RunRecord
 
 
@@ -72,6 +74,19 @@ def get_run(session: Session, run_id: str, *, for_update: bool = False) -> RunRe
     if run is None:
         raise NotFound(f"no run with id {run_id!r}", fields=["run"])
     return run
+
+
+def record_report(session: Session, run: RunRecord, step: int) -> None:
+    """Note a stored report on the (locked) run row: its last step and when. A Core UPDATE on
+    the session's connection, cheaper than the ORM's flush; `run` is kept in step with it."""
+    last_step = step if run.last_step is None else max(run.last_step, step)
+    now = utcnow()
+    table = RunRecord.__table__
+    session.connection().execute(
+        update(table).where(table.c.id == run.id).values(last_step=last_step, last_report_at=now)
+    )
+    set_committed_value(run, "last_step", last_step)
+    set_committed_value(run, "last_report_at", now)
 
 
 def list_runs(

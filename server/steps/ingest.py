@@ -18,9 +18,8 @@ from rlkeel.client.schemas import DroppedSample, StepReport, Verdict
 from rlkeel.server import analysis
 from rlkeel.server.api.errors import Conflict, ValidationFailed
 from rlkeel.server.commands import service as commands
-from rlkeel.server.db.base import utcnow
 from rlkeel.server.db.models import FindingRecord, Run
-from rlkeel.server.runs.service import get_run
+from rlkeel.server.runs.service import get_run, record_report
 from rlkeel.server.steps import store
 from rlkeel.server.steps.values import nonfinite_label
 from rlkeel.server.webhooks import service as webhooks
@@ -63,7 +62,7 @@ def ingest_report(
     # step, phase), what the analysis needs to know first (state version, snoozes), and
     # whether commands are due.
     version, snoozed = analysis.prefetch_columns(run_id)
-    stored_verdict, state_version, snoozed_count, due_count = session.execute(
+    stored_verdict, state_version, snoozed_count, due_count = session.connection().execute(
         select(store.stored_verdict(run_id, report.step, report.phase.value), version, snoozed,
                commands.due_count(run_id, report.step))
     ).one()  # fmt: skip
@@ -111,8 +110,7 @@ def ingest_report(
         return Verdict.model_validate(twin.verdict), False, None
     store.mark_samples(session, run_id=run_id, step=report.step, flags=result.flags,
                        dropped=set(result.drop))  # fmt: skip
-    run.last_step = report.step if run.last_step is None else max(run.last_step, report.step)
-    run.last_report_at = utcnow()
+    record_report(session, run, report.step)
     return verdict, True, result.refit
 
 
