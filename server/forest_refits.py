@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import pickle
+import queue
 import subprocess
 import sys
 import threading
@@ -179,7 +180,15 @@ def _close_shared() -> None:
 
 
 class _Worker:
-    """One child process and the thread that reads its answers."""
+    """One child process, the thread that writes it jobs and the thread that reads its answers.
+
+    The two pipes are served by separate threads and no lock is held across pipe I/O: the
+    child reads a job, fits, then writes its answer, so a job (~65 kB) written while the child
+    is busy blocks until it is done. Written from the submitting request's thread under the
+    lock that the reader also needs, it deadlocked the three (the child blocked on a full
+    answer pipe, the reader on the lock, the request on a full job pipe) and hung every later
+    fit and the process's exit.
+    """
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
@@ -189,20 +198,34 @@ class _Worker:
         self._pending: dict[int, Future[forest_mod.CompiledForest]] = {}
         self._next_id = 0
         self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.alive = True
-        threading.Thread(target=self._read, name="rlkeel-forest-reader", daemon=True).start()
+        self._reader = threading.Thread(target=self._read, name="rlkeel-forest-reader", daemon=True)
+        self._reader.start()
+        threading.Thread(target=self._write, name="rlkeel-forest-writer", daemon=True).start()
 
     def submit(self, job: PendingFit) -> Future[forest_mod.CompiledForest]:
+        """Queue a fit; never blocks on the child."""
         future: Future[forest_mod.CompiledForest] = Future()
         with self._lock:
             if not self.alive:
                 raise RuntimeError("the forest worker process has exited")
             job_id, self._next_id = self._next_id, self._next_id + 1
             self._pending[job_id] = future
-            assert self._proc.stdin is not None
-            pickle.dump((job_id, job.rows, job.seed, job.n_estimators), self._proc.stdin)
-            self._proc.stdin.flush()
+        self._jobs.put(pickle.dumps((job_id, job.rows, job.seed, job.n_estimators)))
         return future
+
+    def _write(self) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            while (payload := self._jobs.get()) is not None:
+                stdin.write(payload)
+                stdin.flush()
+        except (OSError, ValueError):  # the child is gone; the reader fails what is pending
+            pass
+        with contextlib.suppress(OSError, ValueError):
+            stdin.close()  # the worker exits at end of input
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
@@ -224,13 +247,15 @@ class _Worker:
             future.set_exception(RuntimeError("the forest worker process exited"))
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if self._proc.stdin is not None:
-                self._proc.stdin.close()  # the worker exits at end of input
+        self._jobs.put(None)  # the writer closes the child's input after the queued jobs
         try:
             self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self._proc.kill()
+            self._proc.wait()
+        self._reader.join(timeout=5)  # it reads to the end of the child's output
+        if self._proc.stdout is not None and not self._reader.is_alive():
+            self._proc.stdout.close()
 
 
 def _landed(key: str, future: Future[forest_mod.CompiledForest]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from rlkeel.server.detectors import forest as forest_mod
 from tests.server.helpers import RUN, rollout, sample
 
@@ -44,3 +46,32 @@ async def test_refits_run_in_the_background_and_the_forest_flags_outliers(http, 
     flags = {s["sample_id"]: s["flags"] for s in samples}
     assert "sample_isolation_forest" in flags["s19-5"], flags["s19-5"]
     assert "s19-5" in flagged or "s18-5" in flagged
+
+
+@pytest.mark.timeout(180)  # the old code hung here for good
+def test_submitting_fits_never_waits_for_the_worker_and_every_fit_lands() -> None:
+    """A job (1,024 rows, ~65 kB pickled) is more than a pipe holds. The request thread used
+    to write it to the worker itself, under the lock the answer reader needs: it waited for the
+    fit in progress, and with several fits in flight the three deadlocked (the process then
+    never exited). Now submitting only queues the job."""
+    import numpy as np
+
+    from rlkeel.server.forest_refits import PendingFit, _Worker
+
+    rows = np.random.default_rng(0).normal(size=(1024, 7)).tolist()
+    worker = _Worker()
+    try:
+        futures = []
+        submitter = threading.Thread(target=lambda: futures.extend(
+            worker.submit(PendingFit(rows=rows, seed=seed, n_estimators=100, activate_at=0))
+            for seed in range(5)
+        ), daemon=True)  # fmt: skip
+        submitter.start()
+        submitter.join(timeout=30)
+        assert not submitter.is_alive(), "submitting blocked on the worker"
+        assert len(futures) == 5 and not futures[0].done(), "submit waited for a fit to finish"
+        models = [f.result(timeout=120) for f in futures]
+        assert all(isinstance(m, forest_mod.CompiledForest) for m in models)
+        assert len({m.path_length.tobytes() for m in models}) == 5  # five seeds, five forests
+    finally:
+        worker.close()
