@@ -158,6 +158,10 @@ def run_train(args: argparse.Namespace) -> int:
                               "stop_reason": trainer.stop_reason, "last": summary,
                               "out": config.out_dir, "run_id": link.run_id if link else None},
                              allow_nan=True))  # fmt: skip
+        # No rank tears the group down while another still works in it (rank 0 saved the last
+        # checkpoint and printed): a gloo rank whose peer closed early could abort at exit
+        # ("terminate called without an active exception", seen once in CI).
+        dist.barrier()
     finally:
         dist.shutdown()
     return 0

@@ -61,6 +61,12 @@ def local_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
