@@ -228,10 +228,9 @@ class CompiledForest:
                     x32 if cols is None else np.ascontiguousarray(x32[:, cols])
                 )
 
-        parts = _scoring_parts(n, n_trees)
-        pool = _scoring_pool() if len(parts) > 1 else None
-        helpers = [pool.submit(walk, *part) for part in parts[1:]] if pool else []
-        walk(*parts[0])
+        first, *others = _scoring_parts(n, n_trees)
+        helpers = [_scoring_pool().submit(walk, *part) for part in others]
+        walk(*first)
         for done in helpers:
             done.result()
         leaves += self.offsets

@@ -67,13 +67,10 @@ class RunDetectorState:
     def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
         """The plain-data form; `samples=False` leaves out the recent samples and the forest's
         rows (`sample_history`, `forest.rows`, `forest.fit_rows`), which are stored apart."""
-        d = {
+        d: dict[str, Any] = {
             "version": STATE_VERSION,
             "seed": self.seed,
             "gates": {k: g.to_dict() for k, g in sorted(self.gates.items())},
-            "sample_history": {k: list(v) for k, v in sorted(self.sample_history.items())}
-            if samples
-            else None,
             "windows": {k: list(v) for k, v in sorted(self.windows.items())},
             "cusums": {k: c.to_dict() for k, c in sorted(self.cusums.items())},
             "sustain": dict(sorted(self.sustain.items())),
@@ -81,8 +78,8 @@ class RunDetectorState:
             "rollout_step": self.rollout_step,
             "rollout_metrics": {k: _enc(v) for k, v in self.rollout_metrics.items()},
         }
-        if not samples:
-            del d["sample_history"]
+        if samples:
+            d["sample_history"] = {k: list(v) for k, v in sorted(self.sample_history.items())}
         return d
 
     @classmethod

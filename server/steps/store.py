@@ -183,42 +183,21 @@ def _copy_samples_sql() -> Any:
     return sql.SQL("COPY samples ({}) FROM STDIN (FORMAT BINARY)").format(columns)
 
 
-def _copy_samples(
-    raw: Any,
-    run_id: str,
-    step: int,
-    samples: Sequence[SampleStats],
-    flags: dict[str, list[str]],
-    dropped: set[str],
-) -> None:
-    """Binary COPY with declared types on a psycopg connection: its jsonb dumper encodes the
-    dicts."""
-    rows = _sample_rows(run_id, step, samples, flags, dropped)
+def _copy_samples(raw: Any, run_id: str, step: int, samples: Sequence[SampleStats]) -> None:
+    """The samples, without flags, in one binary COPY with declared types on a psycopg
+    connection (its jsonb dumper encodes the dicts)."""
+    rows = _sample_rows(run_id, step, samples, {}, set())
     with raw.cursor() as cursor, cursor.copy(_copy_samples_sql()) as copy:
         copy.set_types(SAMPLE_COPY_TYPES)
         for row in rows:
             copy.write_row(row)
 
 
-def write_samples(
-    session: Session,
-    *,
-    run_id: str,
-    step: int,
-    samples: Sequence[SampleStats],
-    flags: dict[str, list[str]],
-    dropped: set[str],
+def _insert_samples(
+    session: Session, run_id: str, step: int, samples: Sequence[SampleStats]
 ) -> None:
-    """All samples of a step in one round trip: COPY on PostgreSQL, one multi-row INSERT else."""
-    if not samples:
-        return
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        raw = connection.connection.driver_connection
-        assert raw is not None
-        _copy_samples(raw, run_id, step, samples, flags, dropped)
-        return
-    rows = _sample_rows(run_id, step, samples, flags, dropped)
+    """The samples, without flags, in one multi-row INSERT (SQLite)."""
+    rows = _sample_rows(run_id, step, samples, {}, set())
     session.execute(insert(SampleRecord), [dict(zip(SAMPLE_COLUMNS, r, strict=True)) for r in rows])
 
 
@@ -241,12 +220,12 @@ def samples_written_meanwhile(
         return
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        write_samples(session, run_id=run_id, step=step, samples=samples, flags={}, dropped=set())
+        _insert_samples(session, run_id, step, samples)
         yield
         return
     raw = connection.connection.driver_connection
     assert raw is not None
-    copying = _COPY_THREADS.submit(_copy_samples, raw, run_id, step, samples, {}, set())
+    copying = _COPY_THREADS.submit(_copy_samples, raw, run_id, step, samples)
     try:
         yield
     except BaseException:

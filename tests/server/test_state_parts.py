@@ -29,6 +29,23 @@ def _analyse(session, run, body: dict[str, Any], cache: analysis.StateCache) -> 
     return result
 
 
+def _new_run(session, cache: analysis.StateCache, reports: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
+    """A run with `reports` analysed and committed one by one."""
+    run = runs.create_run(session, RunCreate.model_validate(RUN))
+    session.commit()
+    for body in reports:
+        _analyse(session, run, body, cache)
+    return run
+
+
+def _stored(session, run_id: str):  # type: ignore[no-untyped-def]
+    """The run's stored (blob, memory, fit)."""
+    return session.execute(
+        select(DetectorState.blob, DetectorState.memory, DetectorState.fit)
+        .where(DetectorState.run_id == run_id)
+    ).one()  # fmt: skip
+
+
 def test_state_read_back_from_the_parts_equals_the_state_written(app) -> None:  # type: ignore[no-untyped-def]
     cache = analysis.StateCache()
     pending_seen = fitted_seen = False
@@ -54,10 +71,7 @@ def test_only_changed_parts_are_encoded(app) -> None:  # type: ignore[no-untyped
     cache = analysis.StateCache()
     reports = troubled_run(steps=30, samples=64)
     with app.state.session_factory() as session:
-        run = runs.create_run(session, RunCreate.model_validate(RUN))
-        session.commit()
-        for body in reports[:-2]:
-            _analyse(session, run, body, cache)
+        run = _new_run(session, cache, reports[:-2])
         rollout, update_ = reports[-2], reports[-1]
         assert rollout["phase"] == "rollout" and update_["phase"] == "update"
 
@@ -69,15 +83,9 @@ def test_only_changed_parts_are_encoded(app) -> None:  # type: ignore[no-untyped
 
         _analyse(session, run, rollout, cache)  # new samples: memory changes
         _, state = _cached(cache, run.id)
-        blob, memory, fit = session.execute(
-            select(DetectorState.blob, DetectorState.memory, DetectorState.fit)
-            .where(DetectorState.run_id == run.id)
-        ).one()  # fmt: skip
+        blob, memory, fit = _stored(session, run.id)
         _analyse(session, run, update_, cache)  # no samples: memory and fit stay as they were
-        after = session.execute(
-            select(DetectorState.blob, DetectorState.memory, DetectorState.fit)
-            .where(DetectorState.run_id == run.id)
-        ).one()  # fmt: skip
+        after = _stored(session, run.id)
         assert after.memory == memory and after.fit == fit and after.blob != blob
         assert len(after.blob) < len(memory) / 4  # the part written every report is the small one
 
@@ -86,10 +94,7 @@ def test_a_state_stored_before_the_split_is_read_and_then_split(app) -> None:  #
     cache = analysis.StateCache()
     reports = troubled_run(steps=20, samples=64)
     with app.state.session_factory() as session:
-        run = runs.create_run(session, RunCreate.model_validate(RUN))
-        session.commit()
-        for body in reports[:-2]:
-            _analyse(session, run, body, cache)
+        run = _new_run(session, cache, reports[:-2])
         _, state = _cached(cache, run.id)
         # As revision 0004 stored it: the whole plain-data form in `blob`, no parts.
         session.execute(
@@ -101,9 +106,7 @@ def test_a_state_stored_before_the_split_is_read_and_then_split(app) -> None:  #
         assert loaded.to_dict() == state.to_dict() and loaded.saved is None
         cache.drop(run.id)
         _analyse(session, run, reports[-2], cache)
-        stored = session.execute(
-            select(DetectorState.memory, DetectorState.fit).where(DetectorState.run_id == run.id)
-        ).one()
+        stored = _stored(session, run.id)
         assert stored.memory is not None and stored.fit is not None
 
 
