@@ -13,13 +13,14 @@ database never act on stale state; a mismatch reloads the blob from the database
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from rlkeel.client.schemas import Algorithm, Phase, StepReport
@@ -185,23 +186,21 @@ def save_state(
     """Store the state as version + 1, if the stored version is still `version`; cache it
     once the transaction commits. Only the parts that changed are written."""
     parts = state_parts.encode(state, state.saved if version is not None else None)
-    values: dict[str, Any] = {"blob": parts.blob, "updated_at": utcnow()}
+    values: dict[str, Any] = {"state_run": run_id, "new_blob": parts.blob, "now": utcnow()}
     if parts.memory is not None:
-        values["memory"] = parts.memory
+        values["new_memory"] = parts.memory
     if parts.fit is not None:
-        values["fit"] = parts.fit
+        values["new_fit"] = parts.fit
     # Core statements on the session's connection: the ORM's bulk-DML path costs ~1 ms here.
-    table, connection = DetectorState.__table__, session.connection()
+    statement = _state_statement(version is None, tuple(k[4:] for k in values if k[:4] == "new_"))
+    connection = session.connection()
     if version is None:
-        connection.execute(insert(table).values(run_id=run_id, version=1, **values))
+        connection.execute(statement, values)
         new_version = 1
     else:
         new_version = version + 1
-        done = connection.execute(
-            update(table)
-            .where(table.c.run_id == run_id, table.c.version == version)
-            .values(version=new_version, **values)
-        )
+        done = connection.execute(statement, {**values, "old_version": version,
+                                              "new_version": new_version})  # fmt: skip
         if done.rowcount != 1:  # type: ignore[attr-defined]
             raise StaleState(f"detector state of run {run_id} changed concurrently; retry")
 
@@ -211,6 +210,23 @@ def save_state(
             cache.put(run_id, new_version, state)
 
     _after_commit(session, committed)
+
+
+@functools.cache
+def _state_statement(first: bool, parts: tuple[str, ...]) -> Any:
+    """The INSERT (first save) or version-checked UPDATE that writes `parts` (of blob, memory,
+    fit), built once per shape: building it on every report cost about as much as running it."""
+    table = DetectorState.__table__
+    values = {part: bindparam(f"new_{part}") for part in parts}
+    values["updated_at"] = bindparam("now")
+    if first:
+        return insert(table).values(run_id=bindparam("state_run"), version=1, **values)
+    return (
+        update(table)
+        .where(table.c.run_id == bindparam("state_run"),
+               table.c.version == bindparam("old_version"))
+        .values(version=bindparam("new_version"), **values)
+    )
 
 
 def _after_commit(session: Session, action: Callable[[], None]) -> None:
@@ -231,20 +247,22 @@ def _after_commit(session: Session, action: Callable[[], None]) -> None:
 _PENDING, _HOOKED = "rlkeel.after_commit", "rlkeel.after_commit.hooked"
 
 
-def _snoozed_now(run_id: str) -> Any:
+def _snoozed_now(run_id: Any, now: Any) -> Any:
     return (FindingRecord.run_id == run_id, FindingRecord.status == "snoozed",
-            FindingRecord.snoozed_until > utcnow())  # fmt: skip
+            FindingRecord.snoozed_until > now)  # fmt: skip
 
 
 def snoozed_detectors(session: Session, run_id: str) -> set[str]:
-    return set(session.scalars(select(FindingRecord.detector).where(*_snoozed_now(run_id))))
+    return set(session.scalars(
+        select(FindingRecord.detector).where(*_snoozed_now(run_id, utcnow()))
+    ))  # fmt: skip
 
 
-def prefetch_columns(run_id: str) -> tuple[Any, Any]:
+def prefetch_columns(run_id: Any, now: Any) -> tuple[Any, Any]:
     """Scalar subqueries for `Prefetched` (state version, snoozed-finding count), to read in
-    the same statement as other look-ups."""
+    the same statement as other look-ups; `run_id` and `now` may be bind parameters."""
     version = select(DetectorState.version).where(DetectorState.run_id == run_id)
-    snoozed = select(func.count()).select_from(FindingRecord).where(*_snoozed_now(run_id))
+    snoozed = select(func.count()).select_from(FindingRecord).where(*_snoozed_now(run_id, now))
     return version.scalar_subquery(), snoozed.scalar_subquery()
 
 

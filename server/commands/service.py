@@ -71,7 +71,7 @@ def issue(
     return command
 
 
-def _due(run_id: str, step: int) -> tuple[Any, ...]:
+def _due(run_id: Any, step: Any) -> tuple[Any, ...]:
     return (
         CommandRecord.run_id == run_id,
         CommandRecord.status.in_(OPEN_FOR_DELIVERY),
@@ -79,9 +79,10 @@ def _due(run_id: str, step: int) -> tuple[Any, ...]:
     )
 
 
-def due_count(run_id: str, step: int) -> Any:
+def due_count(run_id: Any, step: Any) -> Any:
     """How many commands `deliver_due` would deliver now, as a scalar subquery (to read in
-    one statement with other look-ups; zero lets ingest skip `deliver_due`)."""
+    one statement with other look-ups; zero lets ingest skip `deliver_due`); the arguments
+    may be bind parameters."""
     return (
         select(func.count()).select_from(CommandRecord).where(*_due(run_id, step)).scalar_subquery()
     )

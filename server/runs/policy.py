@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -14,7 +15,16 @@ from rlkeel.server.policy import PolicyConfig
 
 
 def effective_policy(run: Run) -> PolicyConfig:
-    return PolicyConfig.model_validate(run.policy or {})
+    """The run's policy; the defaults when it has none. Callers only read it (the defaults
+    are one shared instance: validating them costs ~0.3 ms, on every report)."""
+    if not run.policy:
+        return _defaults()
+    return PolicyConfig.model_validate(run.policy)
+
+
+@functools.cache
+def _defaults() -> PolicyConfig:
+    return PolicyConfig()
 
 
 def validate_policy(body: Any) -> PolicyConfig:

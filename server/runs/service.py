@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -66,11 +66,20 @@ def end_run(run: RunRecord, status: str) -> bool:
     return True
 
 
+# Built once, run with parameters: every report runs both, and building a statement (with its
+# cache key) costs about as much as executing it.
+_GET_RUN = select(RunRecord).where(RunRecord.id == bindparam("run_id"))
+_GET_RUN_FOR_UPDATE = _GET_RUN.with_for_update()
+_RECORD_REPORT = (
+    update(RunRecord.__table__)
+    .where(RunRecord.__table__.c.id == bindparam("run_id"))
+    .values(last_step=bindparam("new_last_step"), last_report_at=bindparam("now"))
+)
+
+
 def get_run(session: Session, run_id: str, *, for_update: bool = False) -> RunRecord:
-    stmt = select(RunRecord).where(RunRecord.id == run_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    run = session.scalars(stmt).one_or_none()
+    stmt = _GET_RUN_FOR_UPDATE if for_update else _GET_RUN
+    run = session.scalars(stmt, {"run_id": run_id}).one_or_none()
     if run is None:
         raise NotFound(f"no run with id {run_id!r}", fields=["run"])
     return run
@@ -81,9 +90,8 @@ def record_report(session: Session, run: RunRecord, step: int) -> None:
     the session's connection, cheaper than the ORM's flush; `run` is kept in step with it."""
     last_step = step if run.last_step is None else max(run.last_step, step)
     now = utcnow()
-    table = RunRecord.__table__
     session.connection().execute(
-        update(table).where(table.c.id == run.id).values(last_step=last_step, last_report_at=now)
+        _RECORD_REPORT, {"run_id": run.id, "new_last_step": last_step, "now": now}
     )
     set_committed_value(run, "last_step", last_step)
     set_committed_value(run, "last_report_at", now)

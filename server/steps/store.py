@@ -37,8 +37,9 @@ def find_step(session: Session, run_id: str, step: int, phase: str) -> StepRecor
     return session.scalars(stmt).one_or_none()
 
 
-def stored_verdict(run_id: str, step: int, phase: str) -> Any:
-    """The stored verdict of (run, step, phase) as a scalar subquery (NULL when none)."""
+def stored_verdict(run_id: Any, step: Any, phase: Any) -> Any:
+    """The stored verdict of (run, step, phase) as a scalar subquery (NULL when none); the
+    arguments may be bind parameters."""
     return (
         select(StepRecord.verdict)
         .where(StepRecord.run_id == run_id, StepRecord.step == step, StepRecord.phase == phase)
@@ -62,18 +63,28 @@ def insert_step(
     values: dict[str, Any] = {
         "run_id": run_id, "step": step, "phase": phase, "algorithm": algorithm,
         "sample_count": sample_count, "extra_metrics": extra, "nonfinite": nonfinite,
-        "verdict": verdict.model_dump(mode="json"), **columns,
+        "verdict": verdict.model_dump(mode="json"),
     }  # fmt: skip
+    values.update((name, columns.get(name)) for name in CANONICAL_STEP_METRICS)
     connection = session.connection()  # Core, not the ORM's bulk-DML path (~1 ms per report)
-    make = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    stmt = _insert_step_statement(connection.dialect.name)
+    return connection.execute(stmt, {f"v_{k}": v for k, v in values.items()}).scalar_one_or_none()
+
+
+@functools.cache
+def _insert_step_statement(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, every value a parameter `v_<column>`:
+    built once per dialect (building it on every report cost about as much as running it)."""
+    make = pg_insert if dialect == "postgresql" else sqlite_insert
     table = StepRecord.__table__
-    stmt = (
+    names = ("run_id", "step", "phase", "algorithm", "sample_count", "extra_metrics",
+             "nonfinite", "verdict", *CANONICAL_STEP_METRICS)  # fmt: skip
+    return (
         make(table)
-        .values(**values)
+        .values({name: bindparam(f"v_{name}") for name in names})
         .on_conflict_do_nothing(index_elements=["run_id", "step", "phase"])
         .returning(table.c.id)
     )
-    return connection.execute(stmt).scalar_one_or_none()
 
 
 def _sample_rows(
@@ -245,14 +256,17 @@ def mark_samples(
               for sid in {*flags, *dropped}]  # fmt: skip
     if not marked:
         return
-    stmt = (
-        update(SampleRecord)
-        .where(SampleRecord.run_id == run_id, SampleRecord.step == step,
-               SampleRecord.sample_id == bindparam("sid"))
-        .values(flags=bindparam("new_flags"), dropped=bindparam("new_dropped"))
-        .execution_options(synchronize_session=False)
-    )  # fmt: skip
-    session.connection().execute(stmt, marked)
+    for mark in marked:
+        mark["mark_run"], mark["mark_step"] = run_id, step
+    session.connection().execute(_MARK_SAMPLES, marked)
+
+
+_MARK_SAMPLES = (
+    update(SampleRecord.__table__)
+    .where(SampleRecord.run_id == bindparam("mark_run"), SampleRecord.step == bindparam("mark_step"),
+           SampleRecord.sample_id == bindparam("sid"))
+    .values(flags=bindparam("new_flags"), dropped=bindparam("new_dropped"))
+)  # fmt: skip
 
 
 def step_to_schema(record: StepRecord) -> StepRead:
