@@ -186,13 +186,13 @@ def save_state(
     """Store the state as version + 1, if the stored version is still `version`; cache it
     once the transaction commits. Only the parts that changed are written."""
     parts = state_parts.encode(state, state.saved if version is not None else None)
-    values: dict[str, Any] = {"state_run": run_id, "new_blob": parts.blob, "now": utcnow()}
-    if parts.memory is not None:
-        values["new_memory"] = parts.memory
-    if parts.fit is not None:
-        values["new_fit"] = parts.fit
+    written = {name: data for name, data in
+               (("blob", parts.blob), ("memory", parts.memory), ("fit", parts.fit))
+               if data is not None}  # fmt: skip
+    values: dict[str, Any] = {"state_run": run_id, "now": utcnow(),
+                              **{f"new_{name}": data for name, data in written.items()}}  # fmt: skip
     # Core statements on the session's connection: the ORM's bulk-DML path costs ~1 ms here.
-    statement = _state_statement(version is None, tuple(k[4:] for k in values if k[:4] == "new_"))
+    statement = _state_statement(version is None, tuple(written))
     connection = session.connection()
     if version is None:
         connection.execute(statement, values)
@@ -223,8 +223,9 @@ def _state_statement(first: bool, parts: tuple[str, ...]) -> Any:
         return insert(table).values(run_id=bindparam("state_run"), version=1, **values)
     return (
         update(table)
-        .where(table.c.run_id == bindparam("state_run"),
-               table.c.version == bindparam("old_version"))
+        .where(
+            table.c.run_id == bindparam("state_run"), table.c.version == bindparam("old_version")
+        )
         .values(version=bindparam("new_version"), **values)
     )
 

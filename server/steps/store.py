@@ -87,15 +87,10 @@ def _insert_step_statement(dialect: str) -> Any:
     )
 
 
-def _sample_rows(
-    run_id: str,
-    step: int,
-    samples: Sequence[SampleStats],
-    flags: dict[str, list[str]],
-    dropped: set[str],
-) -> list[tuple[Any, ...]]:
-    """Rows in SAMPLE_COLUMNS order. This is the hot path of ingest: keep it flat."""
-    fast = _plain_sample_rows(run_id, step, samples, flags, dropped)
+def _sample_rows(run_id: str, step: int, samples: Sequence[SampleStats]) -> list[tuple[Any, ...]]:
+    """Rows in SAMPLE_COLUMNS order, without flags and not dropped (`mark_samples` sets those
+    after the detectors ran). This is the hot path of ingest: keep it flat."""
+    fast = _plain_sample_rows(run_id, step, samples)
     if fast is not None:
         return fast
     rows = []
@@ -110,12 +105,10 @@ def _sample_rows(
         extra = s.extra or None
         if extra:
             extra, nonfinite = _clean_extra(extra, nonfinite)
-        sample_flags = flags.get(s.sample_id)
         rows.append((
             run_id, step, s.sample_id, s.group_id, floats[0], floats[1],
             s.length, s.truncated, floats[2], floats[3], floats[4], floats[5],
-            extra, nonfinite, sample_flags or None,
-            s.sample_id in dropped,
+            extra, nonfinite, None, False,
         ))  # fmt: skip
     return rows
 
@@ -125,11 +118,7 @@ assert SAMPLE_FLOAT_FIELDS == ("reward", "advantage", "kl", "log_ratio_max", "en
 
 
 def _plain_sample_rows(
-    run_id: str,
-    step: int,
-    samples: Sequence[SampleStats],
-    flags: dict[str, list[str]],
-    dropped: set[str],
+    run_id: str, step: int, samples: Sequence[SampleStats]
 ) -> list[tuple[Any, ...]] | None:
     """The rows built column by column, for the usual report: every number finite (or absent)
     and no extras. None for any other report (then `_sample_rows` goes sample by sample)."""
@@ -139,13 +128,12 @@ def _plain_sample_rows(
     if not all(map(_all_finite, columns)):
         return None
     reward, advantage, kl, log_ratio_max, entropy, repetition = columns  # SAMPLE_FLOAT_FIELDS
-    ids = [s.sample_id for s in samples]
-    n = len(ids)
+    n = len(samples)
     return list(zip(
-        repeat(run_id, n), repeat(step, n), ids, [s.group_id for s in samples], reward,
-        advantage, [s.length for s in samples], [s.truncated for s in samples], kl,
-        log_ratio_max, entropy, repetition, repeat(None, n), repeat(None, n),
-        [flags.get(i) or None for i in ids], [i in dropped for i in ids], strict=False,
+        repeat(run_id, n), repeat(step, n), [s.sample_id for s in samples],
+        [s.group_id for s in samples], reward, advantage, [s.length for s in samples],
+        [s.truncated for s in samples], kl, log_ratio_max, entropy, repetition,
+        repeat(None, n), repeat(None, n), repeat(None, n), repeat(False, n), strict=False,
     ))  # fmt: skip
 
 
@@ -197,7 +185,7 @@ def _copy_samples_sql() -> Any:
 def _copy_samples(raw: Any, run_id: str, step: int, samples: Sequence[SampleStats]) -> None:
     """The samples, without flags, in one binary COPY with declared types on a psycopg
     connection (its jsonb dumper encodes the dicts)."""
-    rows = _sample_rows(run_id, step, samples, {}, set())
+    rows = _sample_rows(run_id, step, samples)
     with raw.cursor() as cursor, cursor.copy(_copy_samples_sql()) as copy:
         copy.set_types(SAMPLE_COPY_TYPES)
         for row in rows:
@@ -208,7 +196,7 @@ def _insert_samples(
     session: Session, run_id: str, step: int, samples: Sequence[SampleStats]
 ) -> None:
     """The samples, without flags, in one multi-row INSERT (SQLite)."""
-    rows = _sample_rows(run_id, step, samples, {}, set())
+    rows = _sample_rows(run_id, step, samples)
     session.execute(insert(SampleRecord), [dict(zip(SAMPLE_COLUMNS, r, strict=True)) for r in rows])
 
 
@@ -252,13 +240,11 @@ def mark_samples(
 ) -> None:
     """Set the detector flags and the dropped mark of the step's samples written without them
     (only the flagged or dropped ones: usually a few, one round trip)."""
-    marked = [{"sid": sid, "new_flags": flags.get(sid) or None, "new_dropped": sid in dropped}
+    marked = [{"mark_run": run_id, "mark_step": step, "sid": sid,
+               "new_flags": flags.get(sid) or None, "new_dropped": sid in dropped}
               for sid in {*flags, *dropped}]  # fmt: skip
-    if not marked:
-        return
-    for mark in marked:
-        mark["mark_run"], mark["mark_step"] = run_id, step
-    session.connection().execute(_MARK_SAMPLES, marked)
+    if marked:
+        session.connection().execute(_MARK_SAMPLES, marked)
 
 
 _MARK_SAMPLES = (
